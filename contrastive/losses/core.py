@@ -1,0 +1,286 @@
+"""Shared similarity core of the softmax-family contrastive losses.
+
+Every softmax-family loss in this package (NT-Xent, CLIP/ALIGN, DCL/DCLW, InfoLOOB, SupCon and their
+margin / debiasing / hardness variants) is one call of :func:`softmax_xent_rows` on a similarity matrix
+``s`` of the local anchors (rows) against the global candidates (columns), with
+
+* a positive mask ``P(i)`` and a negative mask ``N(i)`` (self-pairs are in neither),
+* a logit scale ``c`` (``1 / temperature`` or CLIP's ``logit_scale``; a scalar or one value per pair),
+* whether the positives enter the denominator (InfoNCE: yes; DCL / InfoLOOB: no),
+* :class:`Variants` that reshape the positive logit or the negative mass.
+
+The per-anchor loss is (Khosla et al. 2020, L_out, which is InfoNCE for ``|P(i)| = 1``)::
+
+    l_ij  = c_ij * s_ij                       (positives: c_ij * margin(s_ij))
+    L_i   = log D_i - (1/|P(i)|) sum_{p in P(i)} l_ip
+    D_i   = sum_{p in P(i)} exp(l_ip) + M_i   (or just M_i when positives are left out)
+    M_i   = sum_{k in N(i)} exp(l_ik)         (the negative mass; Variants change it)
+
+All of it is computed in float32 with masked log-sum-exp (never ``exp`` then ``log``), so logits of 1e4
+give finite values and gradients. Anchors without any positive contribute zero.
+
+Distributed layout: the rows are this device's anchors, the columns are the gathered global batch
+(``jax.lax.all_gather(..., tiled=True)``, never stop-gradient'ed: its transpose sums the key gradients
+back to their owners); positives are found with global indices ``axis_index * b_local + i``, and the
+reduction is ``psum(local sum) / global count`` so every device returns the global-batch loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+_EXP_ONE_EPS = 1e-6  # keeps log1p(-exp(d)) and arccos away from their infinite-slope points
+
+
+# ----------------------------------------------------------------------------------------- validation
+def check_positive(name: str, value) -> None:
+    """Raise ValueError if a concrete ``value`` is not > 0 (traced values are checked by the caller)."""
+    try:
+        concrete = np.asarray(value, dtype=np.float64)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+        return  # learnable / traced: cannot be checked at trace time
+    if not np.all(np.isfinite(concrete)) or np.any(concrete <= 0):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+
+
+def check_rank(name: str, x, ndim: int) -> None:
+    """Raise ValueError unless ``x`` has rank ``ndim`` and a floating dtype."""
+    shape = jnp.shape(x)
+    if len(shape) != ndim:
+        raise ValueError(f"{name} must have rank {ndim}, got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array, got dtype {jnp.result_type(x)}")
+
+
+def check_same_shape(name_a: str, a, name_b: str, b) -> None:
+    """Raise ValueError if two embedding arrays differ in shape."""
+    if jnp.shape(a) != jnp.shape(b):
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {jnp.shape(a)} and {jnp.shape(b)}"
+        )
+
+
+# ----------------------------------------------------------------------------------------- collectives
+def gather_rows(x: Array, axis_name: str | None) -> Array:
+    """The global batch of ``x`` (rows concatenated in device order); ``x`` itself on one device."""
+    if axis_name is None:
+        return x
+    return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+
+
+def row_offset(num_local: int, axis_name: str | None) -> Array | int:
+    """Global index of this device's first row."""
+    if axis_name is None:
+        return 0
+    return jax.lax.axis_index(axis_name) * num_local
+
+
+def num_devices(axis_name: str | None) -> int:
+    return 1 if axis_name is None else jax.lax.axis_size(axis_name)
+
+
+def global_sum(x: Array, axis_name: str | None) -> Array:
+    """Sum over devices; the result is the same (replicated) value on every device."""
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+# ----------------------------------------------------------------------------------------- similarity
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+    """Unit-norm rows, computed in float32 (cosine similarity of bfloat16 embeddings is not bf16)."""
+    x = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+def similarity(queries: Array, keys: Array) -> Array:
+    """``queries @ keys.T`` in float32."""
+    return jnp.matmul(queries.astype(jnp.float32), keys.astype(jnp.float32).T)
+
+
+# ----------------------------------------------------------------------------------------- variants
+@dataclasses.dataclass(frozen=True)
+class Variants:
+    """Options that change the positive logit or the negative mass of :func:`softmax_xent_rows`.
+
+    All default to "off"; with defaults the loss is plain InfoNCE.
+
+    additive_margin: ``m`` subtracted from the positive similarity, ``s_ip - m`` (AM-Softmax /
+        CosFace; "AM" NT-Xent).
+    angular_margin: ``m`` added to the positive angle, ``cos(min(arccos s_ip + m, pi))`` (ArcFace;
+        "AAM" NT-Xent). Assumes unit-norm embeddings.
+    false_negative_prior: class prior ``tau+`` of Chuang et al. 2020 (Debiased Contrastive Learning):
+        ``M_i <- max((M_i - tau+ * |N(i)| * mean_p exp(l_ip)) / (1 - tau+), |N(i)| * exp(c * s_min))``.
+    hardness_concentration: ``beta`` of Robinson et al. 2021 (Contrastive Learning with Hard Negative
+        Samples): ``M_i <- |N(i)| * sum_k softmax_k(beta * l_ik) * exp(l_ik)``; as in the authors'
+        code the importance weights are not stop-gradient'ed.
+    hardness_weight: ``alpha`` of LLaVE (Lan et al. 2025): each negative is weighted by
+        ``exp(alpha * sg(s_ik))``, a stop-gradient copy of its similarity.
+    hardest_negatives: ``k``; keep only the k largest negative logits in ``M_i`` (Wang & Liu 2021,
+        "hard contrastive loss"). Applied after the LLaVE weights and before the other estimators.
+    """
+
+    additive_margin: float = 0.0
+    angular_margin: float = 0.0
+    false_negative_prior: float = 0.0
+    hardness_concentration: float = 0.0
+    hardness_weight: float = 0.0
+    hardest_negatives: int | None = None
+
+    def __post_init__(self):
+        for name in ("additive_margin", "angular_margin", "hardness_concentration", "hardness_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite Python number, got {value!r}")
+        if self.angular_margin < 0 or self.angular_margin >= math.pi:
+            raise ValueError(f"angular_margin must be in [0, pi), got {self.angular_margin!r}")
+        if self.hardness_concentration < 0:
+            raise ValueError(
+                f"hardness_concentration must be >= 0, got {self.hardness_concentration!r}"
+            )
+        prior = self.false_negative_prior
+        if not isinstance(prior, (int, float)) or not 0.0 <= prior < 1.0:
+            raise ValueError(f"false_negative_prior must be in [0, 1), got {prior!r}")
+        k = self.hardest_negatives
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"hardest_negatives must be None or a positive int, got {k!r}")
+
+
+PLAIN = Variants()
+
+
+def margin_similarity(sim: Array, variants: Variants) -> Array:
+    """The positive-pair similarity after the additive and angular margins."""
+    if variants.angular_margin:
+        theta = jnp.arccos(jnp.clip(sim, -1.0 + _EXP_ONE_EPS, 1.0 - _EXP_ONE_EPS))
+        # Clamping the angle at pi keeps cos monotone: a larger angle never gives a larger logit.
+        sim = jnp.cos(jnp.minimum(theta + variants.angular_margin, jnp.pi))
+    return sim - variants.additive_margin
+
+
+def _log_debiased_mass(log_mass, log_pos_mass, log_floor, prior):
+    """``log max((exp(a) - exp(b)) / (1 - prior), exp(floor))`` without leaving log space."""
+    delta = log_pos_mass - log_mass
+    ok = delta < -_EXP_ONE_EPS
+    # The double where keeps the unused branch's gradient finite (log1p(-1) has an infinite slope).
+    safe_delta = jnp.where(ok, delta, -1.0)
+    log_diff = log_mass + jnp.log1p(-jnp.exp(safe_delta)) - math.log1p(-prior)
+    return jnp.maximum(jnp.where(ok, log_diff, -jnp.inf), log_floor)
+
+
+def negative_log_mass(logits, sim, negative_mask, log_mean_pos, scale, variants, min_similarity):
+    """``log M_i``: the (re-weighted, debiased, top-k) negative mass of each anchor row."""
+    weighted = logits
+    if variants.hardness_weight:
+        weighted = weighted + variants.hardness_weight * jax.lax.stop_gradient(sim)
+    floor_logits = jnp.broadcast_to(min_similarity * scale, logits.shape)
+    mask = negative_mask
+    if variants.hardest_negatives is not None:
+        k = min(variants.hardest_negatives, logits.shape[-1])
+        # top_k's gradient flows only to the selected (hardest) negatives, as in the hard loss.
+        _, idx = jax.lax.top_k(jnp.where(mask, jax.lax.stop_gradient(weighted), -jnp.inf), k)
+        pick = lambda a: jnp.take_along_axis(a, idx, axis=-1)
+        weighted, logits, floor_logits, mask = map(pick, (weighted, logits, floor_logits, mask))
+    log_count = jnp.log(jnp.maximum(jnp.sum(mask, axis=-1), 1).astype(jnp.float32))
+    if variants.hardness_concentration:
+        beta = variants.hardness_concentration
+        log_mass = (
+            log_count
+            + jax.nn.logsumexp(weighted + beta * logits, axis=-1, where=mask)
+            - jax.nn.logsumexp(beta * logits, axis=-1, where=mask)
+        )
+    else:
+        log_mass = jax.nn.logsumexp(weighted, axis=-1, where=mask)
+    if variants.false_negative_prior:
+        prior = variants.false_negative_prior
+        log_pos_mass = math.log(prior) + log_count + log_mean_pos
+        log_floor = jax.nn.logsumexp(floor_logits, axis=-1, where=mask)
+        log_mass = _log_debiased_mass(log_mass, log_pos_mass, log_floor, prior)
+    return log_mass
+
+
+# ----------------------------------------------------------------------------------------- the core
+def softmax_xent_rows(
+    sim: Array,
+    positive_mask: Array,
+    negative_mask: Array,
+    *,
+    scale,
+    positives_in_denominator: bool = True,
+    variants: Variants = PLAIN,
+    min_similarity: float = -1.0,
+) -> Array:
+    """Per-anchor softmax cross-entropy ``L_i`` (see the module docstring) of a similarity block.
+
+    Args:
+      sim: [rows, cols] similarities (cosine or dot products) of local anchors to global candidates.
+      positive_mask, negative_mask: boolean [rows, cols]; disjoint, self-pairs in neither.
+      scale: logit scale ``c`` (1 / temperature), a scalar or an array broadcastable to ``sim``
+        (per-pair temperatures).
+      positives_in_denominator: False for the leave-positive-out losses (DCL, InfoLOOB).
+      variants: margin / debiasing / hardness options.
+      min_similarity: smallest possible similarity (-1 for cosine); sets the debiasing floor.
+
+    Returns:
+      float32 [rows] per-anchor losses; zero for anchors without a positive.
+    """
+    sim = sim.astype(jnp.float32)
+    scale = jnp.asarray(scale, jnp.float32)
+    logits = sim * scale
+    pos_logits = margin_similarity(sim, variants) * scale
+    num_pos = jnp.sum(positive_mask, axis=-1)
+    has_pos = num_pos > 0
+    safe_num_pos = jnp.maximum(num_pos, 1).astype(jnp.float32)
+    mean_pos_logit = jnp.sum(jnp.where(positive_mask, pos_logits, 0.0), axis=-1) / safe_num_pos
+    log_pos_mass = jax.nn.logsumexp(pos_logits, axis=-1, where=positive_mask)
+    log_mean_pos = jnp.where(has_pos, log_pos_mass, 0.0) - jnp.log(safe_num_pos)
+    log_denominator = negative_log_mass(
+        logits, sim, negative_mask, log_mean_pos, scale, variants, min_similarity
+    )
+    if positives_in_denominator:
+        log_denominator = jnp.logaddexp(log_pos_mass, log_denominator)
+    return jnp.where(has_pos, log_denominator - mean_pos_logit, 0.0)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def pair_metrics(
+    sim: Array, positive_mask: Array, candidate_mask: Array, axis_name: str | None
+) -> dict[str, Array]:
+    """Global mean positive / negative similarity and in-batch top-1 retrieval accuracy.
+
+    ``top1_acc`` is the fraction of anchors (with at least one positive) whose highest-similarity
+    candidate (any non-self pair) is a positive. Sums are psum'd, so every device reports the global
+    values.
+    """
+    sim = jax.lax.stop_gradient(sim.astype(jnp.float32))
+    negative_mask = candidate_mask & ~positive_mask
+    best = jnp.argmax(jnp.where(candidate_mask, sim, -jnp.inf), axis=-1)
+    hit = jnp.take_along_axis(positive_mask, best[:, None], axis=-1)[:, 0]
+    has_pos = jnp.any(positive_mask, axis=-1)
+    sums = {
+        "pos": jnp.sum(jnp.where(positive_mask, sim, 0.0)),
+        "num_pos": jnp.sum(positive_mask, dtype=jnp.float32),
+        "neg": jnp.sum(jnp.where(negative_mask, sim, 0.0)),
+        "num_neg": jnp.sum(negative_mask, dtype=jnp.float32),
+        "hits": jnp.sum(hit & has_pos, dtype=jnp.float32),
+        "anchors": jnp.sum(has_pos, dtype=jnp.float32),
+    }
+    sums = global_sum(sums, axis_name)
+    ratio = lambda a, b: sums[a] / jnp.maximum(sums[b], 1.0)
+    return {
+        "pos_sim": ratio("pos", "num_pos"),
+        "neg_sim": ratio("neg", "num_neg"),
+        "top1_acc": ratio("hits", "anchors"),
+    }
+
+
+def global_mean(per_anchor: Array, axis_name: str | None) -> Array:
+    """Mean over the anchors of the global batch (every device holds the same number of anchors)."""
+    total = global_sum(jnp.sum(per_anchor), axis_name)
+    return total / (per_anchor.shape[0] * num_devices(axis_name))

@@ -1,0 +1,82 @@
+"""NT-Xent: the normalised-temperature cross-entropy of SimCLR.
+
+Paper: Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive Learning of Visual
+Representations" (SimCLR), ICML 2020, eq. (1).
+
+For a batch of N pairs (z1_i, z2_i) there are 2N anchors; anchor a's positive p(a) is its other view and
+its denominator runs over all 2N - 1 other embeddings of the GLOBAL batch::
+
+    s_ab = <z_a, z_b> / (|z_a| |z_b|)                       (cosine, float32)
+    l_a  = -log( exp(s_a,p(a) / tau) / sum_{b != a} exp(s_ab / tau) )
+    L    = (1 / 2N) sum_a l_a                                (mean over the 2N anchors)
+
+Variants (keyword options, all off by default; see ``core.Variants``): additive / angular margin on the
+positive (AM / AAM NT-Xent), debiased negatives with class prior tau+ (Chuang et al. 2020), hardness
+concentration beta (Robinson et al. 2021), LLaVE hardness weights exp(alpha * sg(s)), and the top-k
+hardest negatives only (Wang & Liu 2021).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from contrastive.losses.core import (
+    Variants,
+    check_positive,
+    check_rank,
+    check_same_shape,
+    global_mean,
+    pair_metrics,
+    softmax_xent_rows,
+)
+from contrastive.losses.pairs import multi_view_pairs
+
+Array = jax.Array
+
+
+def nt_xent(
+    z1: Array,
+    z2: Array,
+    *,
+    temperature,
+    axis_name: str | None = None,
+    additive_margin: float = 0.0,
+    angular_margin: float = 0.0,
+    false_negative_prior: float = 0.0,
+    hardness_concentration: float = 0.0,
+    hardness_weight: float = 0.0,
+    hardest_negatives: int | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """SimCLR NT-Xent loss of the global batch (mean over the 2N anchors).
+
+    Args:
+      z1, z2: [b, D] this device's embeddings of the two views (any float dtype; cosine in float32).
+      temperature: tau > 0; similarities are divided by it.
+      axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
+      additive_margin, angular_margin, false_negative_prior, hardness_concentration,
+        hardness_weight, hardest_negatives: variants, see ``contrastive.losses.core.Variants``.
+
+    Returns:
+      (loss, metrics): float32 scalar, and ``pos_sim`` / ``neg_sim`` (mean cosine of positive /
+      negative pairs) and ``top1_acc`` (fraction of anchors whose most similar other embedding is
+      their positive).
+    """
+    check_rank("z1", z1, 2)
+    check_rank("z2", z2, 2)
+    check_same_shape("z1", z1, "z2", z2)
+    check_positive("temperature", temperature)
+    variants = Variants(
+        additive_margin=additive_margin,
+        angular_margin=angular_margin,
+        false_negative_prior=false_negative_prior,
+        hardness_concentration=hardness_concentration,
+        hardness_weight=hardness_weight,
+        hardest_negatives=hardest_negatives,
+    )
+    sim, self_mask, positive_mask = multi_view_pairs(jnp.stack([z1, z2], axis=1), None, axis_name)
+    negative_mask = ~(self_mask | positive_mask)
+    per_anchor = softmax_xent_rows(
+        sim, positive_mask, negative_mask, scale=1.0 / jnp.asarray(temperature), variants=variants
+    )
+    return global_mean(per_anchor, axis_name), pair_metrics(sim, positive_mask, ~self_mask, axis_name)
