@@ -1,9 +1,25 @@
 """Contrastive losses: pure functions ``loss, metrics = f(embeddings..., *, hparams, axis_name=None)``.
 
-See ``core`` for the shared similarity core every softmax-family loss is built from.
+Every softmax-family loss is a parameterisation of ``core.softmax_xent_rows`` (masks, per-pair scales,
+positive weights and ``core.Variants``); ``siglip`` is a ring of ppermutes with a custom VJP.
 """
 
+from contrastive.losses.clip import clip
 from contrastive.losses.core import Variants, softmax_xent_rows
+from contrastive.losses.dcl import dcl, dclw_weight
+from contrastive.losses.infoloob import infoloob
 from contrastive.losses.nt_xent import nt_xent
+from contrastive.losses.siglip import siglip
+from contrastive.losses.supcon import supcon
 
-__all__ = ["Variants", "nt_xent", "softmax_xent_rows"]
+__all__ = [
+    "Variants",
+    "clip",
+    "dcl",
+    "dclw_weight",
+    "infoloob",
+    "nt_xent",
+    "siglip",
+    "softmax_xent_rows",
+    "supcon",
+]

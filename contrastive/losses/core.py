@@ -215,6 +215,7 @@ def softmax_xent_rows(
     positives_in_denominator: bool = True,
     variants: Variants = PLAIN,
     min_similarity: float = -1.0,
+    positive_weight: Array | None = None,
 ) -> Array:
     """Per-anchor softmax cross-entropy ``L_i`` (see the module docstring) of a similarity block.
 
@@ -226,6 +227,8 @@ def softmax_xent_rows(
       positives_in_denominator: False for the leave-positive-out losses (DCL, InfoLOOB).
       variants: margin / debiasing / hardness options.
       min_similarity: smallest possible similarity (-1 for cosine); sets the debiasing floor.
+      positive_weight: optional [rows] weight ``w_i`` of the positive term,
+        ``L_i = log D_i - w_i * mean_p l_ip`` (DCLW); pass it stop-gradient'ed if it is a constant.
 
     Returns:
       float32 [rows] per-anchor losses; zero for anchors without a positive.
@@ -245,6 +248,8 @@ def softmax_xent_rows(
     )
     if positives_in_denominator:
         log_denominator = jnp.logaddexp(log_pos_mass, log_denominator)
+    if positive_weight is not None:
+        mean_pos_logit = positive_weight * mean_pos_logit
     return jnp.where(has_pos, log_denominator - mean_pos_logit, 0.0)
 
 

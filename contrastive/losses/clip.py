@@ -1,0 +1,111 @@
+"""CLIP / ALIGN: the symmetric image-text InfoNCE loss.
+
+Papers: Radford et al. "Learning Transferable Visual Models From Natural Language Supervision" (CLIP),
+ICML 2021, Fig. 3 pseudocode; Jia et al. "Scaling Up Visual and Vision-Language Representation Learning
+With Noisy Text Supervision" (ALIGN), ICML 2021, eqs. (1)-(2).
+
+With image / text embeddings x_i, y_j of the GLOBAL batch of N pairs (taken as given: the model
+L2-normalises them) and t = logit_scale::
+
+    L_i2t = -(1/N) sum_i log( exp(t <x_i, y_i>) / sum_j exp(t <x_i, y_j>) )
+    L_t2i = -(1/N) sum_i log( exp(t <y_i, x_i>) / sum_j exp(t <y_i, x_j>) )
+    L     = (L_i2t + L_t2i) / 2
+
+Each direction is a mean over the N anchors. Variants as in ``nt_xent`` (margins, debiasing, hardness,
+top-k; see ``core.Variants``) apply to both directions; the angular margin assumes unit-norm inputs.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from contrastive.losses.core import (
+    Variants,
+    check_positive,
+    check_rank,
+    check_same_shape,
+    global_mean,
+    pair_metrics,
+    softmax_xent_rows,
+)
+from contrastive.losses.pairs import cross_modal_pairs
+
+Array = jax.Array
+
+
+def symmetric_cross_modal_loss(
+    image: Array,
+    text: Array,
+    *,
+    logit_scale,
+    axis_name: str | None,
+    positives_in_denominator: bool,
+    variants: Variants,
+) -> tuple[Array, dict[str, Array]]:
+    """``(L_i2t + L_t2i) / 2`` on the shared core; shared by CLIP and InfoLOOB."""
+    check_rank("image", image, 2)
+    check_rank("text", text, 2)
+    check_same_shape("image", image, "text", text)
+    check_positive("logit_scale", logit_scale)
+
+    def one_direction(queries, keys):
+        sim, positive_mask = cross_modal_pairs(queries, keys, axis_name)
+        per_anchor = softmax_xent_rows(
+            sim,
+            positive_mask,
+            ~positive_mask,
+            scale=logit_scale,
+            positives_in_denominator=positives_in_denominator,
+            variants=variants,
+        )
+        return global_mean(per_anchor, axis_name), sim, positive_mask
+
+    loss_i2t, sim, positive_mask = one_direction(image, text)
+    loss_t2i, _, _ = one_direction(text, image)
+    # Image->text retrieval; the pair similarities (pos_sim, neg_sim) are the same in both directions.
+    metrics = pair_metrics(sim, positive_mask, positive_mask | ~positive_mask, axis_name)
+    return 0.5 * (loss_i2t + loss_t2i), metrics
+
+
+def clip(
+    image: Array,
+    text: Array,
+    *,
+    logit_scale,
+    axis_name: str | None = None,
+    additive_margin: float = 0.0,
+    angular_margin: float = 0.0,
+    false_negative_prior: float = 0.0,
+    hardness_concentration: float = 0.0,
+    hardness_weight: float = 0.0,
+    hardest_negatives: int | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """Symmetric CLIP/ALIGN InfoNCE of the global batch.
+
+    Args:
+      image, text: [b, D] this device's paired embeddings (plain dot products, no normalisation).
+      logit_scale: t > 0 multiplying the dot products (the scale itself, not its log).
+      axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
+      additive_margin, angular_margin, false_negative_prior, hardness_concentration,
+        hardness_weight, hardest_negatives: variants, see ``contrastive.losses.core.Variants``.
+
+    Returns:
+      (loss, metrics) with ``pos_sim``, ``neg_sim`` (mean dot product of matched / unmatched pairs)
+      and ``top1_acc`` (image->text in-batch retrieval accuracy).
+    """
+    variants = Variants(
+        additive_margin=additive_margin,
+        angular_margin=angular_margin,
+        false_negative_prior=false_negative_prior,
+        hardness_concentration=hardness_concentration,
+        hardness_weight=hardness_weight,
+        hardest_negatives=hardest_negatives,
+    )
+    return symmetric_cross_modal_loss(
+        image,
+        text,
+        logit_scale=logit_scale,
+        axis_name=axis_name,
+        positives_in_denominator=True,
+        variants=variants,
+    )
