@@ -64,10 +64,12 @@ def _value_and_grad(loss_fn, num_diff, distributed, static):
     def loss(args, hparams):
         if not distributed:
             return loss_fn(*args, **hparams, **static)
+        # Batch arrays are sharded on 'data'; scalars (e.g. a learnable logit scale) are replicated.
+        specs = tuple(P("data") if jnp.ndim(a) else P() for a in args)
         return jax.shard_map(
             lambda a, h: loss_fn(*a, **h, axis_name="data", **static),
             mesh=data_mesh(),
-            in_specs=(P("data"), P()),
+            in_specs=(specs, P()),
             out_specs=P(),
         )(args, hparams)
 
