@@ -1,0 +1,158 @@
+"""Input checks, label handling and data splits shared by the evaluation functions.
+
+The evaluations take features as (device or host) arrays and labels as small integer vectors. Checks
+run on the host before anything is compiled, so a bad call fails with a message naming the offending
+argument instead of an XLA shape error deep inside a jitted program.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def as_features(name: str, x) -> jax.Array:
+    """Returns `x` as a float32 [N, D] array with N >= 1, or raises ValueError naming `name`."""
+    ndim = np.ndim(x)
+    if ndim != 2:
+        raise ValueError(f"`{name}` must be a rank-2 [num_examples, dim] array, got shape {np.shape(x)}.")
+    if np.shape(x)[0] == 0 or np.shape(x)[1] == 0:
+        raise ValueError(f"`{name}` must be non-empty, got shape {np.shape(x)}.")
+    if not (jnp.issubdtype(x.dtype, jnp.number) if hasattr(x, "dtype") else True):
+        raise ValueError(f"`{name}` must be numeric, got dtype {x.dtype}.")
+    # Evaluations accumulate over thousands of rows: do it in float32 even for bfloat16 features.
+    return jnp.asarray(x, dtype=jnp.float32)
+
+
+def as_labels(name: str, y, num_rows: int, rows_name: str) -> np.ndarray:
+    """Returns `y` as an int32 host vector of length `num_rows`, or raises ValueError naming `name`."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"`{name}` must be a rank-1 vector of integer labels, got shape {y.shape}.")
+    if y.shape[0] != num_rows:
+        raise ValueError(
+            f"`{name}` has {y.shape[0]} labels but `{rows_name}` has {num_rows} rows; they must match."
+        )
+    if y.dtype.kind not in "iub":
+        if y.dtype.kind != "f" or not np.all(np.mod(y, 1) == 0):
+            raise ValueError(f"`{name}` must hold integer class labels, got dtype {y.dtype}.")
+    if y.size and y.min() < 0:
+        raise ValueError(f"`{name}` must hold non-negative class labels, got min {y.min()}.")
+    return y.astype(np.int32)
+
+
+def resolve_num_classes(num_classes: int | None, **labels: np.ndarray) -> int:
+    """`num_classes`, or 1 + the largest label when None; raises ValueError on out-of-range labels."""
+    largest = max(int(y.max()) for y in labels.values() if y.size)
+    if num_classes is None:
+        return largest + 1
+    if num_classes < 1:
+        raise ValueError(f"`num_classes` must be positive, got {num_classes}.")
+    for name, y in labels.items():
+        if y.size and int(y.max()) >= num_classes:
+            raise ValueError(f"`{name}` has label {int(y.max())} >= `num_classes`={num_classes}.")
+    return int(num_classes)
+
+
+def check_same_dim(a_name: str, a: jax.Array, b_name: str, b: jax.Array) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"`{a_name}` has dimension {a.shape[1]} but `{b_name}` has {b.shape[1]}; they must match."
+        )
+
+
+def classification_inputs(train_x, train_y, test_x, test_y, num_classes):
+    """Checks and converts the (train, test) features and labels of a classification evaluation.
+
+    Returns (train_x, train_y, test_x, test_y, num_classes) with float32 features, int32 host labels.
+    """
+    train_x = as_features("train_x", train_x)
+    test_x = as_features("test_x", test_x)
+    check_same_dim("train_x", train_x, "test_x", test_x)
+    train_y = as_labels("train_y", train_y, train_x.shape[0], "train_x")
+    test_y = as_labels("test_y", test_y, test_x.shape[0], "test_x")
+    num_classes = resolve_num_classes(num_classes, train_y=train_y, test_y=test_y)
+    return train_x, train_y, test_x, test_y, num_classes
+
+
+def probe_grid_and_holdout(l2_grid, train_y: np.ndarray, holdout_fraction: float, seed: int):
+    """Checks the l2 grid; returns it (float32) and the 0/1 float held-out mask (all 0 for one value)."""
+    grid = np.asarray(l2_grid, dtype=np.float32).reshape(-1)
+    if grid.size == 0 or not np.all(grid > 0):
+        raise ValueError(f"`l2_grid` must be a non-empty sequence of positive numbers, got {l2_grid}.")
+    if grid.size > 1:
+        holdout = stratified_holdout_mask(train_y, holdout_fraction, seed)
+    else:
+        holdout = np.zeros(train_y.shape, dtype=bool)
+    return grid, holdout.astype(np.float32)
+
+
+def best_on_holdout(hold_acc: jax.Array, hold_loss: jax.Array) -> jax.Array:
+    """Index of the highest held-out accuracy; among ties, of the lowest held-out loss.
+
+    Ties are common with a few hundred held-out points; the loss still tells the candidates apart.
+    """
+    return jnp.argmin(jnp.where(hold_acc == jnp.max(hold_acc), hold_loss, jnp.inf))
+
+
+def stratified_holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask marking about `fraction` of every class as held out (True).
+
+    Stratifying keeps the class mix of the held-out part equal to that of train, so hyper-parameter
+    selection on a few hundred points is not thrown off by a class that happens to be missing. A class
+    with a single example stays entirely in the fitting part.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"`holdout_fraction` must be in (0, 1), got {fraction}.")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(labels.shape[0], dtype=bool)
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_hold = min(max(1, round(fraction * members.size)), members.size - 1)
+        mask[members[:n_hold]] = True
+    if not mask.any():
+        raise ValueError("The training set is too small to hold out any example for choosing `l2`.")
+    return mask
+
+
+def weighted_standardization(x: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-feature mean and standard deviation of the rows of `x` with weight 1 (weights are 0/1).
+
+    Zero-variance features get scale 1 (as scikit-learn's StandardScaler does): dividing by a tiny
+    std would blow rounding noise up into a feature.
+    """
+    # Elementwise products and sums, not `weights @ x`: XLA:CPU in jax 0.10 miscompiles a dot whose
+    # operand is a broadcast (e.g. `jnp.ones(n) @ x` inside jit) when it is fused with a reduction.
+    column = weights[:, None]
+    total = jnp.sum(weights)
+    mean = jnp.sum(column * x, axis=0) / total
+    var = jnp.sum(column * jnp.square(x - mean), axis=0) / total
+    std = jnp.sqrt(var)
+    return mean, jnp.where(std > 1e-6 * (1.0 + jnp.abs(mean)), std, 1.0)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x / ||x||; an all-zero row stays zero instead of becoming NaN."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    return x / jnp.maximum(norm, 1e-12)
+
+
+def accuracy(pred: jax.Array, labels) -> float:
+    """Fraction of `pred` equal to `labels`, as a Python float."""
+    return float(jnp.mean(pred == jnp.asarray(labels)))
+
+
+def scalars_to_python(out: dict) -> dict:
+    """Fetches a dict of JAX scalars/vectors: scalars become floats (ints for counts), vectors tuples."""
+    out = jax.device_get(out)
+    result = {}
+    for key, value in out.items():
+        value = np.asarray(value)
+        if value.ndim:
+            result[key] = tuple(float(v) for v in value)
+        elif value.dtype.kind in "iu":
+            result[key] = int(value)
+        else:
+            result[key] = float(value)
+    return result

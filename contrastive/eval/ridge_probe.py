@@ -1,0 +1,107 @@
+"""Closed-form ridge-regression probe: big_vision's "few-shot" linear evaluation.
+
+big_vision (Beyer, Zhai, Kolesnikov et al.; `evaluators/fewshot_lsr.py`, used for the few-shot
+numbers of ViT, Dosovitskiy et al. 2021, and LiT, Zhai et al. 2022) regresses +-1 one-hot targets on
+standardised features by least squares with an L2 penalty and classifies by the largest output.
+With X the standardised train features, Y = 2 onehot(y) - 1 and both centred over the fitted rows,
+
+    W = argmin ||X W - Y||_F^2 + l2 ||W||_F^2 = (X^T X + l2 I)^{-1} X^T Y,    b = mean(Y) - mean(X) W,
+
+so the bias is exactly unpenalised (big_vision approximates this with a constant feature of 100, i.e. a
+bias penalty of l2 / 10^4). With an unpenalised bias, +-1 and 0/1 targets give the same predictions.
+
+Regulariser: the penalty is on the *sum* (not mean) of squared errors, so `l2` is relative to the
+number of training rows. The default is big_vision's fixed `l2_reg = 2**10`, used for all its few-shot
+tables. A longer `l2_grid` is chosen on a stratified held-out part of train; since one eigendecomposition
+X^T X = Q diag(e) Q^T serves every l2 via W = Q diag(1 / (e + l2)) Q^T X^T Y, a grid costs almost nothing.
+(When N < D the N x N Gram X X^T is decomposed instead: W = X^T Q diag(1 / (e + l2)) Q^T Y.)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from contrastive.eval import _common
+
+BIG_VISION_L2 = 2.0**10
+
+
+def _ridge_solutions(x, targets, weights, l2_grid):
+    """Ridge weights [G, D, C] and biases [G, C] on the rows with weight 1, one per grid value."""
+    total = jnp.sum(weights)
+    column = weights[:, None]
+    x_mean = jnp.sum(column * x, axis=0) / total
+    y_mean = jnp.sum(column * targets, axis=0) / total
+    # Zeroed rows drop out of both Gram matrices, so masked and full fits share one shape.
+    xc, yc = column * (x - x_mean), column * (targets - y_mean)
+    if x.shape[0] >= x.shape[1]:
+        eigs, q = jnp.linalg.eigh(xc.T @ xc)
+        lhs, rhs = q, q.T @ (xc.T @ yc)
+    else:
+        eigs, q = jnp.linalg.eigh(xc @ xc.T)
+        lhs, rhs = xc.T @ q, q.T @ yc
+    # Round-off can make the smallest eigenvalues of a PSD matrix slightly negative.
+    eigs = jnp.maximum(eigs, 0.0)
+    w = jax.vmap(lambda l2: (lhs / (eigs + l2)) @ rhs)(l2_grid)
+    return w, y_mean - jnp.einsum("d,gdc->gc", x_mean, w)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _ridge_program(train_x, train_y, holdout, test_x, test_y, l2_grid, *, num_classes):
+    mean, std = _common.weighted_standardization(train_x, jnp.ones(train_x.shape[0]))
+    x, x_test = (train_x - mean) / std, (test_x - mean) / std
+    targets = 2.0 * jax.nn.one_hot(train_y, num_classes) - 1.0
+    out = {}
+    best = 0
+    if l2_grid.shape[0] > 1:
+        w, b = _ridge_solutions(x, targets, 1.0 - holdout, l2_grid)
+        outputs = jnp.einsum("nd,gdc->gnc", x, w) + b[:, None, :]
+        hold_total = jnp.sum(holdout)
+        correct = jnp.argmax(outputs, -1) == train_y
+        hold_acc = jnp.sum(holdout * correct, axis=-1) / hold_total
+        hold_mse = jnp.sum(holdout * jnp.mean(jnp.square(outputs - targets), -1), axis=-1) / hold_total
+        best = _common.best_on_holdout(hold_acc, hold_mse)
+        out.update(holdout_accuracy=hold_acc[best], grid_holdout_accuracy=hold_acc)
+    l2 = l2_grid[best]
+    w, b = _ridge_solutions(x, targets, jnp.ones_like(holdout), l2[None])
+    test_pred = jnp.argmax(x_test @ w[0] + b[0], axis=-1)
+    out.update(accuracy=jnp.mean(test_pred == test_y), l2=l2)
+    return out
+
+
+def ridge_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    *,
+    num_classes: int | None = None,
+    l2_grid: Sequence[float] = (BIG_VISION_L2,),
+    holdout_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
+    """Test accuracy of the closed-form ridge-regression classifier (big_vision's few-shot probe).
+
+    Args:
+      train_x, test_x: [N, D] features (standardised inside with the train statistics).
+      train_y, test_y: [N] integer labels.
+      num_classes: number of classes; 1 + the largest label when None.
+      l2_grid: penalties on the summed squared error (see module docstring); one value (default:
+        big_vision's 2**10) is used directly, several are chosen on a stratified held-out part of train
+        (best accuracy, ties: lowest squared error) and the chosen one refitted on all of train.
+      holdout_fraction, seed: size and seed of the held-out split (only used with several l2 values).
+
+    Returns:
+      {'accuracy': test accuracy in [0, 1], 'l2': the strength used} and, with a grid,
+      'holdout_accuracy' and 'grid_holdout_accuracy' (a tuple, one per grid value).
+    """
+    train_x, train_y, test_x, test_y, num_classes = _common.classification_inputs(
+        train_x, train_y, test_x, test_y, num_classes
+    )
+    l2_grid, holdout = _common.probe_grid_and_holdout(l2_grid, train_y, holdout_fraction, seed)
+    out = _ridge_program(train_x, train_y, holdout, test_x, test_y, l2_grid, num_classes=num_classes)
+    return _common.scalars_to_python(out)
