@@ -68,7 +68,7 @@ def test_gradient_wrt_negative_similarity_is_softmax_weight_over_temperature():
     z = np.stack([random_embeddings(3, n, 4), random_embeddings(4, n, 4)], axis=1)
     sim, self_mask, positive = multi_view_pairs(jnp.asarray(z), None, None)
     negative = ~(self_mask | positive)
-    loss = lambda s: jnp.mean(softmax_xent_rows(s, positive, negative, scale=1 / tau))  # noqa: E731
+    loss = lambda s: jnp.mean(softmax_xent_rows(s, positive, negative, scale=1 / tau))
     grad = jax.jit(jax.grad(loss))(sim)
     logits = np.where(self_mask, -np.inf, np.asarray(sim, np.float64) / tau)
     softmax = np.exp(logits - np_logsumexp(logits)[:, None])

@@ -63,7 +63,7 @@ def test_pairs_are_independent():
     n = 4
     sim = jnp.asarray(random_embeddings(1, n, n))
     positive = jnp.eye(n, dtype=bool)
-    block = lambda s: sigmoid_block_loss(s, positive, 1.0, 0.0) / n  # noqa: E731
+    block = lambda s: sigmoid_block_loss(s, positive, 1.0, 0.0) / n
     hessian = np.asarray(jax.jit(jax.hessian(block))(sim)).reshape(n * n, n * n)
     np.testing.assert_allclose(hessian - np.diag(np.diag(hessian)), 0.0, atol=1e-7)
     z = 2 * np.eye(n) - 1

@@ -75,7 +75,7 @@ def test_gradient_wrt_similarity_is_softmax_minus_positive_share():
     z, labels = random_embeddings(4, 5, 2, 3), np.array([0, 1, 0, 2, 1], np.int32)
     sim, self_mask, positive = multi_view_pairs(jnp.asarray(z), jnp.asarray(labels), None)
     negative = ~(self_mask | positive)
-    loss = lambda s: jnp.mean(softmax_xent_rows(s, positive, negative, scale=1 / tau))  # noqa: E731
+    loss = lambda s: jnp.mean(softmax_xent_rows(s, positive, negative, scale=1 / tau))
     grad = jax.jit(jax.grad(loss))(sim)
     logits = np.where(self_mask, -np.inf, np.asarray(sim, np.float64) / tau)
     softmax = np.exp(logits - np_logsumexp(logits)[:, None])
