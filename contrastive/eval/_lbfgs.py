@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 _ARMIJO_C1 = 1e-4
 _MAX_BACKTRACKS = 30
+_FTOL = 1e-8  # below float32 resolution (6e-8): stops only once f no longer moves
 
 
 def _direction(grad, s_hist, y_hist, rho):
@@ -54,8 +55,8 @@ def minimize(
 ) -> tuple[jax.Array, jax.Array]:
     """Minimises `fun` from the flat vector `x0`; returns (x, iterations).
 
-    Stops when ||grad|| <= tol, after `max_iter` iterations, or when the line search cannot decrease
-    `fun` any more (float32 round-off reached). jit- and vmap-friendly.
+    Stops when ||grad|| <= tol, after `max_iter` iterations, or when a step decreases `fun` by less
+    than float32 can resolve (relative 1e-7) or the line search fails. jit- and vmap-friendly.
     """
     value_and_grad = jax.value_and_grad(fun)
     f0, g0 = value_and_grad(x0)
@@ -98,8 +99,11 @@ def minimize(
             jnp.where(push, jnp.roll(y_hist, -1, axis=0).at[-1].set(y), y_hist),
             jnp.where(push, jnp.roll(rho, -1).at[-1].set(1.0 / jnp.where(push, sy, 1.0)), rho),
         )
+        # Like scipy's `ftol`: once a step improves f by less than float32 can resolve, further
+        # iterations only chase round-off, so stop rather than spin until `max_iter`.
+        stalled = ~accepted | (f - f_new <= _FTOL * jnp.maximum(jnp.abs(f), jnp.abs(f_new)))
         x, f, g = (jnp.where(accepted, new, old) for new, old in ((x + s, x), (f_new, f), (g_new, g)))
-        return x, f, g, new_hist, it + 1, ~accepted
+        return x, f, g, new_hist, it + 1, stalled
 
     init = (x0, f0, g0, hist0, jnp.asarray(0), jnp.asarray(False))
     x, _, _, _, iterations, _ = jax.lax.while_loop(keep_going, iteration, init)

@@ -110,7 +110,7 @@ def linear_probe(
     holdout_fraction: float = 0.2,
     seed: int = 0,
     max_iter: int = 1000,
-    tol: float = 1e-4,
+    tol: float = 1e-5,
 ) -> dict:
     """Test accuracy of an L2-regularised multinomial logistic regression on frozen features.
 
@@ -125,7 +125,8 @@ def linear_probe(
       holdout_fraction: fraction of every class held out to choose `l2`.
       seed: seed of the held-out split.
       max_iter: L-BFGS iteration cap per fit.
-      tol: stop when the gradient norm of the objective falls below this.
+      tol: stop when the gradient norm of the objective falls below this (or when f stops moving in
+        float32); 1e-5 reproduces scikit-learn's converged solutions to within a test point.
 
     Returns:
       {'accuracy': test accuracy in [0, 1], 'l2': chosen strength, 'train_accuracy': accuracy of the
