@@ -12,7 +12,8 @@ L2-normalises them) and t = logit_scale::
     L     = (L_i2t + L_t2i) / 2
 
 Each direction is a mean over the N anchors. Variants as in ``nt_xent`` (margins, debiasing, hardness,
-top-k; see ``core.Variants``) apply to both directions; the angular margin assumes unit-norm inputs.
+top-k; see ``core.Variants``) apply to both directions; the angular margin and the debiasing floor
+(|N(i)| exp(-t)) assume unit-norm inputs.
 """
 
 from __future__ import annotations
