@@ -2,18 +2,18 @@
 
 The standard linear evaluation of self-supervised representations (SimCLR, Chen et al. 2020; CLIP,
 Radford et al. 2021, whose probe is scikit-learn's L-BFGS logistic regression with the L2 strength
-chosen on a validation split). Features are standardised with the statistics of the rows being fitted,
-then the weights W [D, C] and bias b [C] minimise
+chosen on a validation split). Features are standardised with the train statistics (labels unused),
+then the weights W [D, C] and bias b [C] minimise, over the n fitted rows,
 
     L(W, b) = 1/n sum_i CE(softmax(x_i W + b), y_i) + l2/2 ||W||_F^2
 
 (the bias is not penalised). This is scikit-learn's `LogisticRegression(C=1 / (l2 * n))`, whose
 objective `C sum_i CE_i + 1/2 ||W||^2` is the one above multiplied by 1 / l2.
 
-The fit is full-batch L-BFGS with a zoom (strong Wolfe) line search run to a gradient-norm tolerance
-(`optax.lbfgs`), all inside one jitted program: the fits for every `l2` of the grid (vmapped), the
-choice of `l2` on a stratified held-out part of train, the refit on all of train and the test score.
-It is compiled once per (shapes, grid length, num_classes, max_iter) and reused by later calls.
+The fit is full-batch L-BFGS (`_lbfgs.minimize`) run to a gradient-norm tolerance, all inside one
+jitted program: the fits of every `l2` of the grid on the fitting part of train and on all of train
+(one vmapped loop), the choice of `l2` on the stratified held-out part, and the test score. It is
+compiled once per (shapes, grid length, num_classes, max_iter) and reused by later calls.
 """
 
 from __future__ import annotations
