@@ -139,18 +139,30 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def accuracy(pred: jax.Array, labels) -> float:
-    """Fraction of `pred` equal to `labels`, as a Python float."""
-    return float(jnp.mean(pred == jnp.asarray(labels)))
+    """Fraction of `pred` equal to `labels`, as a Python float.
+
+    Counts in integers and divides on the host: a float32 mean of 899 ones is 0.99999994, not 1.
+    """
+    labels = np.asarray(labels)
+    return int(jnp.sum(pred == jnp.asarray(labels))) / labels.size
 
 
-def scalars_to_python(out: dict) -> dict:
-    """Fetches a dict of JAX scalars/vectors: scalars become floats (ints for counts), vectors tuples."""
-    out = jax.device_get(out)
+def counts_to_accuracies(out: dict, num_train: int, num_test: int, num_holdout: int) -> dict:
+    """Fetches a probe program's outputs and turns its integer '*_correct' counts into accuracies.
+
+    'test_correct' -> 'accuracy', 'train_correct' -> 'train_accuracy', 'holdout_correct' ->
+    'holdout_accuracy', 'grid_holdout_correct' -> 'grid_holdout_accuracy' (a tuple); 'iterations'
+    stays an int and everything else becomes a float.
+    """
+    totals = {"test": num_test, "train": num_train, "holdout": num_holdout, "grid_holdout": num_holdout}
     result = {}
-    for key, value in out.items():
+    for key, value in jax.device_get(out).items():
         value = np.asarray(value)
-        if value.ndim:
-            result[key] = tuple(float(v) for v in value)
+        if key.endswith("_correct"):
+            split = key[: -len("_correct")]
+            name = "accuracy" if split == "test" else f"{split}_accuracy"
+            fractions = value.astype(np.int64) / totals[split]
+            result[name] = tuple(float(f) for f in fractions) if value.ndim else float(fractions)
         elif value.dtype.kind in "iu":
             result[key] = int(value)
         else:

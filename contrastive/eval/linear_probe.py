@@ -48,13 +48,12 @@ def _fit(theta0, x, onehot, weights, l2, *, max_iter, tol):
 
 
 def _scores(params, x, onehot, weights):
-    """Weighted accuracy and mean cross-entropy of the rows with weight 1."""
+    """Number of correct predictions and mean cross-entropy over the rows with weight 1."""
     w, b = _unflatten(params, x.shape[1], onehot.shape[1])
     logits = x @ w + b
-    correct = jnp.argmax(logits, -1) == jnp.argmax(onehot, -1)
+    correct = (jnp.argmax(logits, -1) == jnp.argmax(onehot, -1)) & (weights > 0)
     ce = -jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1)
-    total = jnp.sum(weights)
-    return jnp.sum(weights * correct) / total, jnp.sum(weights * ce) / total
+    return jnp.sum(correct), jnp.sum(weights * ce) / jnp.sum(weights)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
@@ -79,21 +78,21 @@ def _probe_program(theta0, train_x, train_y, holdout, test_x, test_y, l2_grid, t
     thetas, iterations = jax.vmap(fit, in_axes=(None, None, None, 0, 0))(theta0, x, onehot, weights, l2s)
     out = {}
     if num_grid > 1:
-        hold_acc, hold_ce = jax.vmap(_scores, in_axes=(0, None, None, None))(
+        hold_correct, hold_ce = jax.vmap(_scores, in_axes=(0, None, None, None))(
             thetas[:num_grid], x, onehot, holdout
         )
-        best = _common.best_on_holdout(hold_acc, hold_ce)
-        out.update(holdout_accuracy=hold_acc[best], grid_holdout_accuracy=hold_acc)
+        best = _common.best_on_holdout(hold_correct, hold_ce)
+        out.update(holdout_correct=hold_correct[best], grid_holdout_correct=hold_correct)
         final = num_grid + best
     else:
         best = final = 0
-    train_acc, _ = _scores(thetas[final], x, onehot, everything)
+    train_correct, _ = _scores(thetas[final], x, onehot, everything)
     w, b = _unflatten(thetas[final], x.shape[1], num_classes)
     test_pred = jnp.argmax(x_test @ w + b, axis=-1)
     out.update(
-        accuracy=jnp.mean(test_pred == test_y),
+        test_correct=jnp.sum(test_pred == test_y),
+        train_correct=train_correct,
         l2=l2_grid[best],
-        train_accuracy=train_acc,
         iterations=iterations[final],
     )
     return out
@@ -155,4 +154,4 @@ def linear_probe(
         num_classes=num_classes,
         max_iter=int(max_iter),
     )
-    return _common.scalars_to_python(out)
+    return _common.counts_to_accuracies(out, train_y.size, test_y.size, int(holdout.sum()))

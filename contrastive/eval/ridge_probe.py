@@ -60,16 +60,14 @@ def _ridge_program(train_x, train_y, holdout, test_x, test_y, l2_grid, *, num_cl
     if l2_grid.shape[0] > 1:
         w, b = _ridge_solutions(x, targets, 1.0 - holdout, l2_grid)
         outputs = jnp.einsum("nd,gdc->gnc", x, w) + b[:, None, :]
-        hold_total = jnp.sum(holdout)
-        correct = jnp.argmax(outputs, -1) == train_y
-        hold_acc = jnp.sum(holdout * correct, axis=-1) / hold_total
-        hold_mse = jnp.sum(holdout * jnp.mean(jnp.square(outputs - targets), -1), axis=-1) / hold_total
-        best = _common.best_on_holdout(hold_acc, hold_mse)
-        out.update(holdout_accuracy=hold_acc[best], grid_holdout_accuracy=hold_acc)
+        hold_correct = jnp.sum((jnp.argmax(outputs, -1) == train_y) & (holdout > 0), axis=-1)
+        hold_sq_err = jnp.sum(holdout * jnp.sum(jnp.square(outputs - targets), -1), axis=-1)
+        best = _common.best_on_holdout(hold_correct, hold_sq_err)
+        out.update(holdout_correct=hold_correct[best], grid_holdout_correct=hold_correct)
     l2 = l2_grid[best]
     w, b = _ridge_solutions(x, targets, jnp.ones_like(holdout), l2[None])
     test_pred = jnp.argmax(x_test @ w[0] + b[0], axis=-1)
-    out.update(accuracy=jnp.mean(test_pred == test_y), l2=l2)
+    out.update(test_correct=jnp.sum(test_pred == test_y), l2=l2)
     return out
 
 
@@ -104,4 +102,4 @@ def ridge_probe(
     )
     l2_grid, holdout = _common.probe_grid_and_holdout(l2_grid, train_y, holdout_fraction, seed)
     out = _ridge_program(train_x, train_y, holdout, test_x, test_y, l2_grid, num_classes=num_classes)
-    return _common.scalars_to_python(out)
+    return _common.counts_to_accuracies(out, train_y.size, test_y.size, int(holdout.sum()))

@@ -39,13 +39,16 @@ def test_matches_sklearn_on_wide_random_features(digits_halves):
     assert abs(result["accuracy"] - reference) <= 0.01, (result, reference)
 
 
-def test_separable_synthetic_case():
+def test_separable_synthetic_case(digits_halves):
+    # Same shapes as the digits halves, so the compiled program of the digits tests is reused.
+    train_x, _, test_x, _ = digits_halves
     rng = np.random.default_rng(0)
-    centres = 6.0 * rng.normal(size=(4, 16))
-    labels = rng.integers(0, 4, size=240)
-    x = (centres[labels] + rng.normal(size=(240, 16))).astype(np.float32)
-    result = linear_probe(x[:120], labels[:120], x[120:], labels[120:], l2_grid=(1e-2,))
-    reference = sklearn_probe_accuracy(x[:120], labels[:120], x[120:], labels[120:], 1e-2)
+    centres = 6.0 * rng.normal(size=(10, train_x.shape[1]))
+    train_y, test_y = rng.integers(0, 10, len(train_x)), rng.integers(0, 10, len(test_x))
+    train_x = (centres[train_y] + rng.normal(size=train_x.shape)).astype(np.float32)
+    test_x = (centres[test_y] + rng.normal(size=test_x.shape)).astype(np.float32)
+    result = linear_probe(train_x, train_y, test_x, test_y, l2_grid=(1e-2,))
+    reference = sklearn_probe_accuracy(train_x, train_y, test_x, test_y, 1e-2)
     assert result["accuracy"] == 1.0 == reference
     assert result["train_accuracy"] == 1.0
 
