@@ -13,16 +13,24 @@ import numpy as np
 
 
 def as_features(name: str, x) -> jax.Array:
-    """Returns `x` as a float32 [N, D] array with N >= 1, or raises ValueError naming `name`."""
-    ndim = np.ndim(x)
-    if ndim != 2:
-        raise ValueError(f"`{name}` must be a rank-2 [num_examples, dim] array, got shape {np.shape(x)}.")
-    if np.shape(x)[0] == 0 or np.shape(x)[1] == 0:
-        raise ValueError(f"`{name}` must be non-empty, got shape {np.shape(x)}.")
-    if not (jnp.issubdtype(x.dtype, jnp.number) if hasattr(x, "dtype") else True):
+    """Returns `x` as a finite float32 [N, D] array with N, D >= 1, or raises ValueError naming `name`.
+
+    Non-finite features (e.g. from a diverged run) are refused: every metric would silently turn
+    them into a meaningless number.
+    """
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"`{name}` must be a rank-2 [num_examples, dim] array, got shape {x.shape}.")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"`{name}` must be non-empty, got shape {x.shape}.")
+    if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
         raise ValueError(f"`{name}` must be numeric, got dtype {x.dtype}.")
     # Evaluations accumulate over thousands of rows: do it in float32 even for bfloat16 features.
-    return jnp.asarray(x, dtype=jnp.float32)
+    x = jnp.asarray(x, dtype=jnp.float32)
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    return x
 
 
 def as_labels(name: str, y, num_rows: int, rows_name: str) -> np.ndarray:

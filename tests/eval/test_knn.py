@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 from contrastive.eval import knn_accuracy, knn_predict
@@ -91,3 +93,23 @@ def test_bad_input_names_the_argument(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         knn_accuracy(**args)
+
+
+def test_non_finite_features_are_refused(clustered):
+    train_x, train_y, test_x, test_y = clustered
+    bad = test_x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="test_x"):
+        knn_accuracy(train_x, train_y, bad, test_y, k=5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_invariant_to_the_order_of_the_training_set(clustered, seed):
+    train_x, train_y, test_x, _ = clustered
+    order = np.random.default_rng(seed).permutation(len(train_y))
+    kwargs = dict(k=10, num_classes=5, batch_size=16)
+    np.testing.assert_array_equal(
+        knn_predict(train_x[order], train_y[order], test_x, 0.07, **kwargs),
+        knn_predict(train_x, train_y, test_x, 0.07, **kwargs),
+    )

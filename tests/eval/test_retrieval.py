@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contrastive.eval import image_text_retrieval, positive_ranks, retrieval_recall
 
@@ -79,3 +81,16 @@ def test_one_to_one_default_and_perfect_retrieval():
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_recall_invariant_to_the_order_of_the_keys(seed):
+    rng = np.random.default_rng(0)
+    query, keys = rng.normal(size=(12, 4)), rng.normal(size=(24, 4))
+    key_ids = np.arange(24) % 12
+    order = np.random.default_rng(seed).permutation(24)
+    kwargs = dict(ks=(1, 3), query_ids=np.arange(12))
+    assert retrieval_recall(query, keys[order], key_ids=key_ids[order], **kwargs) == retrieval_recall(
+        query, keys, key_ids=key_ids, **kwargs
+    )
