@@ -1,0 +1,98 @@
+"""Flax NNX encoders and projection heads.
+
+A contrastive model is an encoder f (whose output, the "features", is what evaluation probes) followed by
+a projection head g (whose output is what the loss sees), as in SimCLR (Chen et al., 2020): the head
+absorbs the invariances the loss imposes, so features before it transfer better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class MLP(nnx.Module):
+    """Linear layers with ReLU (and LayerNorm) between them; the last layer is linear."""
+
+    def __init__(self, in_features: int, widths: Sequence[int], *, rngs: nnx.Rngs, norm: bool = True):
+        dims = [in_features, *widths]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+        self.norms = nnx.List([nnx.LayerNorm(w, rngs=rngs) if norm else None for w in widths[:-1]])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer, norm in zip(self.layers[:-1], self.norms):
+            x = layer(x)
+            x = jax.nn.relu(norm(x) if norm is not None else x)
+        return self.layers[-1](x)
+
+
+class SmallCNN(nnx.Module):
+    """A small conv net for tiny images: 3x3 convs, one stride-2 stage, global average pooling.
+
+    [B, H, W, C] -> [B, widths[-1]].
+    """
+
+    def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), *, rngs: nnx.Rngs):
+        dims = [in_channels, *widths]
+        # Halve the resolution once, after the first stage: 8x8 digits end at 4x4.
+        strides = [1, 2] + [1] * (len(widths) - 2)
+        self.convs = nnx.List([
+            nnx.Conv(a, b, kernel_size=(3, 3), strides=s, padding="SAME", rngs=rngs)
+            for a, b, s in zip(dims[:-1], dims[1:], strides)
+        ])
+        self.norms = nnx.List([nnx.GroupNorm(w, num_groups=min(8, w), rngs=rngs) for w in widths])
+        self.out_features = widths[-1]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for conv, norm in zip(self.convs, self.norms):
+            x = jax.nn.relu(norm(conv(x)))
+        return x.mean(axis=(1, 2))
+
+
+class FlatMLP(nnx.Module):
+    """Flatten the image, then an MLP: [B, H, W, C] -> [B, widths[-1]]."""
+
+    def __init__(self, in_features: int, widths: Sequence[int] = (256, 128), *, rngs: nnx.Rngs):
+        self.mlp = MLP(in_features, widths, rngs=rngs)
+        self.out_features = widths[-1]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(self.mlp(x.reshape(x.shape[0], -1)))
+
+
+class ContrastiveModel(nnx.Module):
+    """Encoder + projection head. `encode` gives the features, `__call__` the projections."""
+
+    def __init__(self, encoder: nnx.Module, head: nnx.Module):
+        self.encoder = encoder
+        self.head = head
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        return self.encoder(x)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.head(self.encoder(x))
+
+
+ENCODERS = ("cnn", "mlp")
+
+
+def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveModel:
+    """The model a `config.model` describes (see configs/common.py for the fields)."""
+    rngs = nnx.Rngs(seed)
+    height, width, channels = image_shape
+    if cfg.encoder == "cnn":
+        encoder = SmallCNN(channels, tuple(cfg.widths), rngs=rngs)
+    elif cfg.encoder == "mlp":
+        encoder = FlatMLP(height * width * channels, tuple(cfg.widths), rngs=rngs)
+    else:
+        raise ValueError(f"model.encoder={cfg.encoder!r} is not one of {ENCODERS}")
+    head = MLP(encoder.out_features, (*cfg.head_hidden, cfg.projection_dim), rngs=rngs)
+    return ContrastiveModel(encoder, head)
+
+
+def num_params(model: nnx.Module) -> int:
+    return sum(jnp.size(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,31 @@
+"""The device mesh: one `data` axis over which the batch is sharded."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+    """A 1-D mesh named `data` over the first `num_devices` devices (0: all of them).
+
+    `jax.sharding.Mesh` is used rather than `jax.make_mesh`, whose axes default to Explicit sharding in
+    recent JAX; the train step relies on automatic (GSPMD) partitioning outside the loss.
+    """
+    devices = jax.devices()
+    if num_devices < 0 or num_devices > len(devices):
+        raise ValueError(f"num_devices={num_devices}: this job has {len(devices)} devices "
+                         "(0 means all of them)")
+    if num_devices and jax.process_count() > 1:
+        raise ValueError("num_devices must be 0 (all devices) in a multi-process job")
+    return Mesh(np.array(devices[: num_devices or len(devices)]), (DATA_AXIS,))
+
+
+def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
+    n = mesh.devices.size
+    if global_batch_size < 1 or global_batch_size % n:
+        raise ValueError(f"batch_size={global_batch_size} (the global batch) is not divisible by the "
+                         f"{n} devices of the mesh; use a multiple of {n}")

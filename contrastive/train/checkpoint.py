@@ -1,0 +1,123 @@
+"""Checkpoints with orbax: every N steps, keep the last K, resume from the newest readable one.
+
+A workdir holds `config.json` (the config that created it) and `checkpoints/<step>/` with two items: the
+train state and a small JSON `meta` (the config fingerprint and the data position). A checkpoint that
+cannot be read (a crash in the middle of a write that orbax did not catch, a damaged disk) is moved to
+`unreadable_checkpoints/` with a warning and the previous one is used; nothing in the workdir is ever
+deleted by a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import sys
+
+import jax
+import orbax.checkpoint as ocp
+
+from contrastive.train.config import ConfigError, flatten
+
+# Config keys that may differ when resuming: they do not change what the state means or how it evolves.
+RESUMABLE_KEYS = ("num_steps", "log_every", "progress", "checkpoint.", "eval.", "data.data_dir")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in the workdir could be restored."""
+
+
+def _state_defining(flat: dict) -> dict:
+    return {k: v for k, v in flat.items() if not k.startswith(RESUMABLE_KEYS)}
+
+
+def check_workdir_config(workdir: pathlib.Path, config) -> None:
+    """Record the config in a new workdir, or check it matches the one that wrote the checkpoints.
+
+    Raises ConfigError naming every differing key; writes nothing in that case.
+    """
+    path = workdir / "config.json"
+    current = flatten(config)
+    has_checkpoints = any((workdir / "checkpoints").glob("[0-9]*"))
+    if path.exists() and has_checkpoints:
+        saved = json.loads(path.read_text())
+        old, new = _state_defining(saved), _state_defining(json.loads(json.dumps(current)))
+        diff = sorted(set(old) | set(new), key=str)
+        diff = [k for k in diff if old.get(k, "<missing>") != new.get(k, "<missing>")]
+        if diff:
+            lines = "\n".join(f"  config.{k}: checkpoint has {old.get(k, '<missing>')!r}, "
+                              f"this run has {new.get(k, '<missing>')!r}" for k in diff)
+            raise ConfigError(f"the checkpoints in {workdir} were written by an incompatible config:\n"
+                              f"{lines}\nUse a new --workdir, or the config of the checkpoints.")
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+class Checkpointer:
+    """Thin layer over `ocp.CheckpointManager` with fallback on unreadable checkpoints."""
+
+    def __init__(self, workdir: pathlib.Path, *, every_steps: int, keep: int):
+        if every_steps < 1 or keep < 1:
+            raise ConfigError(f"checkpoint.every_steps and checkpoint.keep must be >= 1, got "
+                              f"{every_steps} and {keep}")
+        self.directory = (workdir / "checkpoints").absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every_steps),
+            item_names=("state", "meta"))
+
+    def should_save(self, step: int) -> bool:
+        return self.manager.should_save(step)
+
+    def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+    def restore_latest(self, abstract_state):
+        """(state, meta, step) of the newest readable checkpoint, or None when there is none."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
+                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                failures.append(f"step {step}: {type(e).__name__}: {reason}")
+                kept = self._set_aside(step)
+                print(f"warning: checkpoint at step {step} is unreadable ({type(e).__name__}: {reason}); "
+                      f"moved it to {kept} and falling back to the previous one", file=sys.stderr)
+                continue
+            if failures:
+                self.manager.reload()
+            return restored.state, restored.meta, step
+        if failures:
+            raise CheckpointError("no checkpoint could be restored:\n  " + "\n  ".join(failures))
+        return None
+
+    def _set_aside(self, step: int) -> pathlib.Path:
+        """Move an unreadable checkpoint out of the manager's way (so its step can be written again),
+        keeping its files for inspection."""
+        source = self.directory / str(step)
+        target = self.directory.parent / "unreadable_checkpoints" / str(step)
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = target.with_name(f"{step}.{suffix}")
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+        return target
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(state):
+    """Shapes, dtypes and shardings of `state`, the restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

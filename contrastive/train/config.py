@@ -1,0 +1,122 @@
+"""Loading configs, applying command-line overrides, and checking them before any compute.
+
+A config is a Python file with `get_config(arg=None) -> ml_collections.ConfigDict` (big_vision style);
+`--config path/to/file.py:arg` passes `arg`. Overrides are `--config.a.b=value`: the key must exist
+(otherwise the error lists the valid keys at that level) and the value is parsed as a Python literal and
+must fit the existing value's type.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import pathlib
+import sys
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and what would be valid."""
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Load `path.py` or `path.py:arg` and return its `get_config(arg)`."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path).resolve()
+    if not file.is_file():
+        raise ConfigError(f"--config: no such file {path!r}")
+    # Configs import their shared pieces as `configs.common`: put the folder holding `configs/` on the path.
+    root = str(file.parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module_spec = importlib.util.spec_from_file_location(f"_contrastive_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"--config: {path} has no get_config()")
+    params = inspect.signature(module.get_config).parameters
+    config = module.get_config(arg or None) if params else module.get_config()
+    return config
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word is a string: --config.loss.name=nt_xent
+
+
+def _coerce(key: str, old, new):
+    """`new` converted to the type of `old`, or ConfigError."""
+    if old is None or isinstance(old, ml_collections.ConfigDict):
+        return new
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+    elif isinstance(old, int):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+    elif isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+    elif isinstance(old, (tuple, list)):
+        if isinstance(new, (tuple, list)):
+            return type(old)(new)
+        if isinstance(new, (int, float)):  # --config.model.widths=64 means (64,)
+            return type(old)([new])
+    elif isinstance(old, str):
+        return str(new)
+    raise ConfigError(f"--config.{key}={new!r}: expected a value of type {type(old).__name__} "
+                      f"(current value {old!r})")
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Set `config.<key>` from command-line text, checking that the key exists and the type fits."""
+    *parents, leaf = key.split(".")
+    node, path = config, ["config"]
+    for part in parents:
+        if part not in node:
+            break
+        node, path = node[part], [*path, part]
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ConfigError(f"{'.'.join(path)} is a value, not a group of keys: cannot set --config.{key}")
+    if len(path) - 1 < len(parents) or leaf not in node:
+        missing = parents[len(path) - 1] if len(path) - 1 < len(parents) else leaf
+        raise ConfigError(f"unknown config key {'.'.join([*path, missing])!r}; "
+                          f"valid keys of {'.'.join(path)}: {', '.join(sorted(node.keys()))}")
+    with node.unlocked():
+        node[leaf] = _coerce(key, node[leaf], _parse_value(text))
+
+
+def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
+    """`--config.a.b=v` and `--config.a.b v` items of argv as (key, text) pairs."""
+    out, i = [], 0
+    while i < len(argv):
+        item = argv[i]
+        if not item.startswith("--config."):
+            raise ConfigError(f"unrecognised argument {item!r}; expected --config.<key>=<value>")
+        body = item[len("--config."):]
+        if "=" in body:
+            key, text = body.split("=", 1)
+        elif i + 1 < len(argv):
+            key, text = body, argv[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"{item} needs a value")
+        out.append((key, text))
+        i += 1
+    return out
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """{'a.b': value} for every leaf, tuples as lists (the JSON form)."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out

@@ -1,0 +1,34 @@
+"""`<workdir>/metrics.jsonl`: one JSON object per logged step."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+
+def read_metrics(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    """Appends records; on resume at step s, first drops the records of steps >= s.
+
+    Those records came from a run that was killed after its last checkpoint; the resumed run recomputes
+    the same steps, so keeping both would list those steps twice.
+    """
+
+    def __init__(self, path: pathlib.Path, start_step: int):
+        self.path = path
+        kept = [r for r in read_metrics(path) if r["step"] < start_step]
+        if path.exists():
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(path)
+
+    def write(self, record: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")

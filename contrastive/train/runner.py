@@ -1,0 +1,200 @@
+"""The training runner: config -> data -> jitted steps -> checkpoints and metrics -> final evaluation.
+
+Sections: (1) check the config before any compute, (2) build data, model, optimizer and state,
+(3) resume from the newest readable checkpoint, (4) train with a progress bar, logging and checkpointing,
+stopping cleanly on SIGTERM/SIGINT and on a non-finite loss, (5) evaluate the frozen features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from contrastive.data import digits, pipeline
+from contrastive.data.augment import AugmentConfig
+from contrastive.models.encoders import build_model
+from contrastive.parallel.mesh import check_global_batch, make_mesh
+from contrastive.train import final_eval
+from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config
+from contrastive.train.config import ConfigError, flatten
+from contrastive.train.metrics_writer import MetricsWriter
+from contrastive.train.objectives import make_objective
+from contrastive.train.optim import build_optimizer, learning_rate_schedule
+from contrastive.train.step import init_state, make_train_step
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a non-finite loss; the last good checkpoint is kept."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or SIGINT: a checkpoint was saved, and the same command resumes."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built from a checked config, before any compute."""
+
+    mesh: jax.sharding.Mesh
+    augment: AugmentConfig
+    objective: object
+    tx: object
+
+
+def check_config(config) -> Setup:
+    """Every check that needs no data or compute; raises ConfigError naming the problem."""
+    try:
+        mesh = make_mesh(config.num_devices)
+        check_global_batch(config.batch_size, mesh)
+        augment = AugmentConfig(**config.augment)
+        tx = build_optimizer(config.optimizer, config.num_steps)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.num_steps < 1:
+        raise ConfigError(f"num_steps must be >= 1, got {config.num_steps}")
+    if config.log_every < 1:
+        raise ConfigError(f"log_every must be >= 1, got {config.log_every}")
+    objective = make_objective(config.loss, augment.num_views)
+    return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx)
+
+
+def max_pixel_value(dataset: str) -> float:
+    return float(digits.MAX_INTENSITY) if dataset == "digits" else 255.0
+
+
+def load_split(config, split: str):
+    source = pipeline.data_source(config.data.name, split, str(pathlib.Path(config.data.data_dir).expanduser()))
+    return pipeline.InMemorySource(pipeline.read_all(source)) if config.data.in_memory else source
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the train loop checks after each step."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the default handlers
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _to_host(metrics: dict) -> dict:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
+    """Train `config` in `workdir` (resuming if it has checkpoints), then evaluate; returns eval.json."""
+    workdir = pathlib.Path(workdir)
+    # (1) Check everything before touching the workdir or computing anything.
+    setup = check_config(config)
+    check_workdir_config(workdir, config)
+    checkpointer = Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
+
+    # (2) Data, model, optimizer, state.
+    train_source = load_split(config, config.data.train_split)
+    batches = pipeline.GlobalBatches(train_source, global_batch_size=config.batch_size, seed=config.seed,
+                                     mesh=setup.mesh, keys=("image", "label"))
+    image_shape = tuple(train_source[0]["image"].shape)
+    model = build_model(config.model, image_shape, seed=config.seed)
+    graphdef, state = init_state(model, setup.tx, config.seed)
+    state = jax.device_put(state, NamedSharding(setup.mesh, P()))
+    pixel_max = max_pixel_value(config.data.name)
+    train_step = make_train_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
+                                 max_pixel_value=pixel_max)
+
+    # (3) Resume.
+    restored = checkpointer.restore_latest(abstract_like(state))
+    if restored is not None:
+        state, _, step = restored
+        print(f"resumed from the checkpoint at step {step} in {workdir / 'checkpoints'}", file=sys.stderr)
+    start = int(state.step)
+    writer = MetricsWriter(workdir / "metrics.jsonl", start)
+    meta = {"config": flatten(config), "global_batch_size": config.batch_size}
+
+    # (4) Train.
+    try:
+        state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start)
+    finally:
+        checkpointer.wait()
+
+    # (5) Evaluate.
+    if not config.eval.at_end:
+        checkpointer.close()
+        return {"step": int(state.step)}
+    test_source = load_split(config, config.data.test_split)
+    results = final_eval.evaluate(config, graphdef, state, train_source, test_source, pixel_max)
+    results["step"] = int(state.step)
+    (workdir / "eval.json").write_text(json.dumps(results, indent=2))
+    print(final_eval.format_table(results))
+    checkpointer.close()
+    return results
+
+
+def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start):
+    num_steps = config.num_steps
+    if start >= num_steps:
+        return state
+    schedule_lr = learning_rate_schedule(config.optimizer, num_steps)
+    pending: list[tuple[int, dict]] = []
+    bar = tqdm(total=num_steps, initial=start, disable=not config.progress, unit="step",
+               dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+    last_time, last_step = time.perf_counter(), start
+    data = batches.iterate(start)
+    with _StopRequest() as stop:
+        for step in range(start, num_steps):
+            state, metrics = train_step(state, next(data))
+            pending.append((step, metrics))
+            done = step + 1
+            save_now = checkpointer.should_save(done) or done == num_steps or stop.signal is not None
+            if done % config.log_every == 0 or save_now:
+                # Fetching the metrics is the only host sync; do it only when logging or saving.
+                now = time.perf_counter()
+                rate = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
+                last_time, last_step = now, done
+                host = [(s, _to_host(m)) for s, m in pending]
+                pending.clear()
+                for s, m in host:
+                    if s + 1 == done or (s + 1) % config.log_every == 0:
+                        writer.write({"step": s, **m, "lr": float(schedule_lr(s)), "examples_per_s": rate})
+                bad = [s for s, m in host if not math.isfinite(m["loss"])]
+                if bad:
+                    bar.close()
+                    saved = checkpointer.manager.latest_step()
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {bad[0]}; training stopped without saving that state. "
+                        f"The last good checkpoint is step {saved} in {checkpointer.manager.directory}. "
+                        "Lower optimizer.lr, enable optimizer.grad_clip_norm, or raise loss.temperature.")
+                bar.set_postfix(loss=f"{host[-1][1]['loss']:.4f}", ex_per_s=f"{rate:,.0f}", refresh=False)
+            bar.update(1)
+            if save_now:
+                checkpointer.save(done, state, {**meta, "data_position": done}, force=True)
+            if stop.signal is not None:
+                bar.close()
+                checkpointer.wait()
+                raise Interrupted(f"stopped by {stop.signal} after step {done}; checkpoint saved in "
+                                  f"{checkpointer.manager.directory}. Run the same command to resume.")
+    bar.close()
+    return state

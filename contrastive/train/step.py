@@ -1,0 +1,91 @@
+"""The train state and the jitted train step of the view-based (SimCLR-family) methods.
+
+The state is one pytree, checkpointed whole. Fields later methods fill in are already part of it:
+`target` for an EMA target network (BYOL, MoCo), `queue` for a FIFO of past keys (MoCo), `buffers` for
+per-sample state indexed by the dataset's `index` field (e.g. iSogCLR temperatures).
+
+Inside the step, the global batch (sharded over the mesh's `data` axis) is augmented, encoded and
+projected under `jax.jit`, which partitions that work over the devices; the loss runs under
+`jax.shard_map`, so each device holds its own rows and the loss gathers the global negatives exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from contrastive.data.augment import AugmentConfig, augment_views
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: updates applied so far, and the index of the next data batch
+    params: nnx.State  # trainable parameters (nnx.Param)
+    model_state: nnx.State  # other model variables (e.g. BatchNorm statistics); empty for most models
+    opt_state: optax.OptState
+    rng: jax.Array  # base key; step s uses fold_in(rng, s), so no key is ever carried forward
+    target: Any = None  # EMA target network parameters
+    queue: Any = None  # FIFO of past keys
+    buffers: Any = struct.field(default_factory=dict)  # per-sample state
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> tuple[nnx.GraphDef, TrainState]:
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                       opt_state=tx.init(params), rng=jax.random.PRNGKey(seed))
+    return graphdef, state
+
+
+def images_to_float(images: jax.Array, max_value: float) -> jax.Array:
+    return images.astype(jnp.float32) / max_value
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective,
+                    augment: AugmentConfig, mesh: jax.sharding.Mesh, *, max_pixel_value: float):
+    """`step(state, batch) -> (state, metrics)`, jitted, donating the old state.
+
+    `batch` holds `image` [B, H, W, C] (integers up to `max_pixel_value`) and `label` [B], sharded along
+    `data`. `metrics` are scalars: `loss`, the loss's own metrics, and `grad_norm`.
+    """
+    loss_on_mesh = jax.shard_map(
+        lambda z, labels: objective(z, labels, axis_name="data"),
+        mesh=mesh, in_specs=(P("data"), P("data")), out_specs=(P(), P()))
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        images = images_to_float(batch["image"], max_pixel_value)
+        batch_size = images.shape[0]
+        key = jax.random.fold_in(state.rng, state.step)
+        # Rows are identified by their global position, so views do not depend on the sharding.
+        views = augment_views(key, images, jnp.arange(batch_size), augment)
+        flat_views = views.reshape(batch_size * augment.num_views, *images.shape[1:])
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.model_state)
+            z = model(flat_views).reshape(batch_size, augment.num_views, -1)
+            return loss_on_mesh(z, batch["label"])
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    # Fixed shardings in and out: the state stays replicated and the next call reuses the compilation.
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return jax.jit(train_step, in_shardings=(replicated, rows), out_shardings=replicated, donate_argnums=0)
+
+
+def make_encode_fn(graphdef: nnx.GraphDef):
+    """`encode(params, model_state, images_float) -> features` (the encoder's output, before the head)."""
+
+    @jax.jit
+    def encode(params, model_state, images):
+        return nnx.merge(graphdef, params, model_state).encode(images)
+
+    return encode

@@ -1,0 +1,40 @@
+"""A tiny config that trains in seconds, and one prepared copy of the digits data per test session."""
+
+import pytest
+
+from contrastive.train.config import load_config
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    from contrastive.data import digits
+
+    digits.digits_builder(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def tiny_config(data_dir):
+    def make(**overrides):
+        c = load_config("configs/simclr_digits.py")
+        c.data.data_dir = data_dir
+        c.num_steps = 20
+        c.batch_size = 64
+        c.log_every = 1
+        c.progress = False
+        c.model.widths = (8, 16)
+        c.model.head_hidden = (16,)
+        c.model.projection_dim = 8
+        c.optimizer.warmup_steps = 2
+        c.checkpoint.every_steps = 5
+        c.eval.at_end = False
+        for key, value in overrides.items():
+            node = c
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return c
+
+    return make
