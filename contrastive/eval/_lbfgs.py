@@ -1,11 +1,11 @@
 """A small full-batch L-BFGS for smooth convex objectives on a flat parameter vector.
 
-Why not `optax.lbfgs`: its zoom line search makes a large XLA program that takes ~5 s to compile on a
-2-core CPU, and the runner calls the linear probe at the end of every training run on a CPU host.
-This one (two-loop recursion, Nocedal & Wright 2006, Alg. 7.4/7.5; Armijo backtracking; curvature pairs
-with s.y <= 0 skipped so the inverse-Hessian estimate stays positive definite) compiles in well under a
-second, is vmappable (a batch of problems runs as one while loop) and, on a strictly convex objective
-such as L2-regularised logistic regression, converges to the same minimiser.
+Why not `optax.lbfgs`: its zoom line search makes a large XLA program (one logistic-regression fit took
+~5.5 s to compile on a busy 2-core CPU, this one ~2.5 s), and the runner calls the linear probe at the
+end of every training run on a CPU host. This one (two-loop recursion, Nocedal & Wright 2006,
+Alg. 7.4/7.5; Armijo backtracking; curvature pairs with s.y <= 0 skipped so the inverse-Hessian
+estimate stays positive definite) is vmappable (a batch of problems runs as one while loop) and, on a
+strictly convex objective such as L2-regularised logistic regression, converges to the same minimiser.
 """
 
 from __future__ import annotations
@@ -56,7 +56,11 @@ def minimize(
     """Minimises `fun` from the flat vector `x0`; returns (x, iterations).
 
     Stops when ||grad|| <= tol, after `max_iter` iterations, or when a step decreases `fun` by less
-    than float32 can resolve (relative 1e-7) or the line search fails. jit- and vmap-friendly.
+    than float32 can resolve (relative 1e-8) or the line search fails. jit- and vmap-friendly.
+
+    Pass `x0` in as an argument of the jitted caller rather than building it there with `jnp.zeros`:
+    XLA:CPU in jax 0.10 miscompiles a dot with a broadcast-constant operand fused into a reduction,
+    which corrupts the first function value.
     """
     value_and_grad = jax.value_and_grad(fun)
     f0, g0 = value_and_grad(x0)
