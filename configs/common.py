@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.encoder = "cnn"  # cnn | mlp
     c.model.widths = (32, 64, 128)
+    c.model.dense = ()  # cnn: widths of ReLU layers on the flattened map; () = global average pooling
     c.model.head_hidden = (128,)
     c.model.projection_dim = 64
 

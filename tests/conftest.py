@@ -7,9 +7,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-
-jax.config.update("jax_threefry_partitionable", True)
+import contrastive  # noqa: E402,F401 - works around a jaxlib CPU miscompilation via XLA_FLAGS
 
 
 def pytest_configure(config):

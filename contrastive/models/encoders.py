@@ -30,12 +30,16 @@ class MLP(nnx.Module):
 
 
 class SmallCNN(nnx.Module):
-    """A small conv net for tiny images: 3x3 convs, one stride-2 stage, global average pooling.
+    """A small conv net for tiny images: 3x3 convs with GroupNorm, one stride-2 stage, then either global
+    average pooling ([B, H, W, C] -> [B, widths[-1]]) or, with `dense`, the flattened map through
+    ReLU layers of those widths ([B, H, W, C] -> [B, dense[-1]]).
 
-    [B, H, W, C] -> [B, widths[-1]].
+    On 8x8 digits the class lives in where the strokes are; flattening keeps that layout, which average
+    pooling throws away.
     """
 
-    def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), *, rngs: nnx.Rngs,
+                 image_size: Sequence[int] = (8, 8), dense: Sequence[int] = ()):
         dims = [in_channels, *widths]
         # Halve the resolution once, after the first stage: 8x8 digits end at 4x4.
         strides = [1, 2] + [1] * (len(widths) - 2)
@@ -44,12 +48,19 @@ class SmallCNN(nnx.Module):
             for a, b, s in zip(dims[:-1], dims[1:], strides)
         ])
         self.norms = nnx.List([nnx.GroupNorm(w, num_groups=min(8, w), rngs=rngs) for w in widths])
-        self.out_features = widths[-1]
+        if dense:
+            height, width = (-(-n // 2) if len(widths) > 1 else n for n in image_size)
+            self.dense = MLP(height * width * widths[-1], dense, rngs=rngs)
+        else:
+            self.dense = None
+        self.out_features = dense[-1] if dense else widths[-1]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for conv, norm in zip(self.convs, self.norms):
             x = jax.nn.relu(norm(conv(x)))
-        return x.mean(axis=(1, 2))
+        if self.dense is None:
+            return x.mean(axis=(1, 2))
+        return jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
 
 
 class FlatMLP(nnx.Module):
@@ -85,7 +96,8 @@ def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveMod
     rngs = nnx.Rngs(seed)
     height, width, channels = image_shape
     if cfg.encoder == "cnn":
-        encoder = SmallCNN(channels, tuple(cfg.widths), rngs=rngs)
+        encoder = SmallCNN(channels, tuple(cfg.widths), image_size=(height, width), dense=tuple(cfg.dense),
+                           rngs=rngs)
     elif cfg.encoder == "mlp":
         encoder = FlatMLP(height * width * channels, tuple(cfg.widths), rngs=rngs)
     else:

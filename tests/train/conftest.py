@@ -16,8 +16,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(data_dir):
-    def make(**overrides):
-        c = load_config("configs/simclr_digits.py")
+    def make(config_file="configs/simclr_digits.py", **overrides):
+        c = load_config(config_file)
         c.data.data_dir = data_dir
         c.num_steps = 20
         c.batch_size = 64

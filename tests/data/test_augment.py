@@ -1,0 +1,53 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from contrastive.data.augment import AugmentConfig, augment_views
+from contrastive.parallel.mesh import make_mesh
+
+IMAGES = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1))
+CFG = AugmentConfig(num_views=3)
+
+
+def test_views_shape_range_and_independence():
+    v = augment_views(jax.random.key(1), IMAGES, jnp.arange(16), CFG)
+    assert v.shape == (16, 3, 8, 8, 1) and v.dtype == jnp.float32
+    assert float(v.min()) >= 0.0 and float(v.max()) <= 1.0
+    # Views of one image differ from each other, and differ across steps.
+    assert float(jnp.abs(v[:, 0] - v[:, 1]).mean()) > 0.01
+    w = augment_views(jax.random.key(2), IMAGES, jnp.arange(16), CFG)
+    assert float(jnp.abs(v - w).mean()) > 0.01
+
+
+def test_all_strengths_zero_is_identity():
+    off = AugmentConfig(**{f.name: 0 for f in dataclasses.fields(AugmentConfig) if f.name != "num_views"})
+    v = augment_views(jax.random.key(1), IMAGES, jnp.arange(16), off)
+    np.testing.assert_allclose(v[:, 0], IMAGES, atol=1e-6)
+
+
+def test_same_pixels_whatever_the_sharding():
+    mesh = make_mesh(8)
+    f = jax.jit(lambda x: augment_views(jax.random.key(3), x, jnp.arange(16), CFG))
+    single = f(IMAGES)
+    sharded = f(jax.device_put(IMAGES, NamedSharding(mesh, P("data"))))
+    np.testing.assert_array_equal(np.asarray(single), np.asarray(sharded))
+
+
+def test_a_view_depends_only_on_its_example_id():
+    a = augment_views(jax.random.key(1), IMAGES, jnp.arange(16), CFG)
+    b = augment_views(jax.random.key(1), IMAGES[::-1], jnp.arange(16)[::-1], CFG)
+    np.testing.assert_allclose(a, b[::-1], atol=1e-6)
+
+
+def test_bad_config_and_shapes():
+    with pytest.raises(ValueError, match="augment.num_views must be >= 1"):
+        AugmentConfig(num_views=0)
+    with pytest.raises(ValueError, match="augment.noise_std must be >= 0"):
+        AugmentConfig(noise_std=-1.0)
+    with pytest.raises(ValueError, match=r"images must be \[B, H, W, C\]"):
+        augment_views(jax.random.key(0), IMAGES[..., 0], jnp.arange(16), CFG)
