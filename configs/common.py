@@ -7,7 +7,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every field the runner reads, with defaults; a method config overrides what it needs."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.num_steps = 400
+    c.num_steps = 600
     c.batch_size = 256  # global, over all devices and processes
     c.num_devices = 0  # 0: every local device; n: the first n (e.g. 1 to compare with 8)
 
@@ -32,8 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.encoder = "cnn"  # cnn | mlp
-    c.model.widths = (32, 64, 128)
-    c.model.dense = ()  # cnn: widths of ReLU layers on the flattened map; () = global average pooling
+    c.model.widths = (32, 64)
+    c.model.dense = (256,)  # cnn: widths of ReLU layers on the flattened map; () = global average pooling
     c.model.head_hidden = (128,)
     c.model.projection_dim = 64
 

@@ -50,8 +50,8 @@ def summarise(per_seed: list[dict], seeds: list[int], title: str, command: str) 
     for metric, label in (("linear_probe", "linear probe"), ("knn", "kNN")):
         learned = np.mean([r["learned"][metric] for r in per_seed])
         rivals = {n: np.mean([r[n][metric] for r in per_seed]) for n in ("random_init", "raw_pixels")}
-        verdict = "beats" if all(learned > v for v in rivals.values()) else "does NOT beat"
-        lines.append(f"Mean {label}: learned features {verdict} both baselines "
+        verdict = "beat" if all(learned > v for v in rivals.values()) else "do NOT beat"
+        lines.append(f"Mean {label}: the learned features {verdict} both baselines "
                      f"({100 * learned:.2f} vs random init {100 * rivals['random_init']:.2f}, "
                      f"raw pixels {100 * rivals['raw_pixels']:.2f}).  ")
     return "\n".join(lines) + "\n"
