@@ -18,6 +18,8 @@ top-k; see ``core.Variants``) apply to both directions; the angular margin and t
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
 from contrastive.losses.core import (
@@ -30,6 +32,7 @@ from contrastive.losses.core import (
     softmax_xent_rows,
 )
 from contrastive.losses.pairs import cross_modal_pairs
+from contrastive.losses.streamed import check_impl, cross_modal_xent
 
 Array = jax.Array
 
@@ -42,12 +45,19 @@ def symmetric_cross_modal_loss(
     axis_name: str | None,
     positives_in_denominator: bool,
     variants: Variants,
+    impl: str = "gather",
+    chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """``(L_i2t + L_t2i) / 2`` on the shared core; shared by CLIP and InfoLOOB."""
     check_rank("image", image, 2)
     check_rank("text", text, 2)
     check_same_shape("image", image, "text", text)
     check_positive("logit_scale", logit_scale)
+    if check_impl(impl, chunk_size, variants, logit_scale):
+        return _streamed_symmetric(
+            image, text, logit_scale, axis_name, impl, chunk_size,
+            positives_in_denominator=positives_in_denominator, variants=variants,
+        )
 
     def one_direction(queries, keys):
         sim, positive_mask = cross_modal_pairs(queries, keys, axis_name)
@@ -68,6 +78,16 @@ def symmetric_cross_modal_loss(
     return 0.5 * (loss_i2t + loss_t2i), metrics
 
 
+def _streamed_symmetric(image, text, logit_scale, axis_name, impl, chunk_size, **core_options):
+    """The ring / tiled path: one streamed pass per direction (``losses.streamed``)."""
+    stream = functools.partial(
+        cross_modal_xent, scale=logit_scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size, **core_options
+    )
+    per_image, metrics = stream(image, text)
+    per_text, _ = stream(text, image)
+    return 0.5 * (global_mean(per_image, axis_name) + global_mean(per_text, axis_name)), metrics
+
+
 def clip(
     image: Array,
     text: Array,
@@ -80,6 +100,8 @@ def clip(
     hardness_concentration: float = 0.0,
     hardness_weight: float = 0.0,
     hardest_negatives: int | None = None,
+    impl: str = "gather",
+    chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Symmetric CLIP/ALIGN InfoNCE of the global batch.
 
@@ -89,6 +111,10 @@ def clip(
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
       additive_margin, angular_margin, false_negative_prior, hardness_concentration,
         hardness_weight, hardest_negatives: variants, see ``contrastive.losses.core.Variants``.
+      impl: "gather" (all-gather the keys, dense b x B logits; the reference) or "ring" (pass key blocks
+        around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see ``losses.streamed``).
+      chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (either impl);
+        must divide the local anchor rows. ``hardest_negatives`` needs ``impl='gather'``, no chunks.
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` (mean dot product of matched / unmatched pairs)
@@ -109,4 +135,6 @@ def clip(
         axis_name=axis_name,
         positives_in_denominator=True,
         variants=variants,
+        impl=impl,
+        chunk_size=chunk_size,
     )

@@ -31,11 +31,13 @@ from contrastive.losses.core import (
     check_same_shape,
     global_mean,
     global_sum,
+    l2_normalize,
     num_devices,
     pair_metrics,
     softmax_xent_rows,
 )
 from contrastive.losses.pairs import multi_view_pairs
+from contrastive.losses.streamed import check_impl, multi_view_xent
 
 Array = jax.Array
 
@@ -62,6 +64,8 @@ def dcl(
     weighted: bool = False,
     sigma=0.5,
     axis_name: str | None = None,
+    impl: str = "gather",
+    chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """DCL (or DCLW with ``weighted=True``) loss of the global batch, mean over the 2N anchors.
 
@@ -71,6 +75,8 @@ def dcl(
       weighted: use the DCLW positive weights.
       sigma: > 0, the DCLW weighting temperature.
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
+      impl, chunk_size: "gather" (reference) or "ring" (ppermute ring, online log-sum-exp), and an optional
+        tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` and ``top1_acc`` as in ``nt_xent``.
@@ -81,6 +87,18 @@ def dcl(
     check_positive("temperature", temperature)
     if weighted:
         check_positive("sigma", sigma)
+    scale = 1.0 / jnp.asarray(temperature)
+    if check_impl(impl, chunk_size, scale=scale):
+        # The positive pair of anchor (v, i) is (1 - v, i), on the same device: its weight is local.
+        weight = None
+        if weighted:
+            positive_sim = jnp.sum(l2_normalize(z1) * l2_normalize(z2), axis=-1)
+            weight = dclw_weight(jnp.tile(positive_sim, 2), sigma, axis_name)
+        per_anchor, metrics = multi_view_xent(
+            jnp.stack([z1, z2], axis=1), None, scale=scale, axis_name=axis_name, impl=impl,
+            chunk_size=chunk_size, positives_in_denominator=False, positive_weight=weight,
+        )
+        return global_mean(per_anchor, axis_name), metrics
     sim, self_mask, positive_mask = multi_view_pairs(jnp.stack([z1, z2], axis=1), None, axis_name)
     weight = None
     if weighted:
@@ -90,7 +108,7 @@ def dcl(
         sim,
         positive_mask,
         ~(self_mask | positive_mask),
-        scale=1.0 / jnp.asarray(temperature),
+        scale=scale,
         positives_in_denominator=False,
         positive_weight=weight,
     )

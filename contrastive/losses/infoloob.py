@@ -27,7 +27,13 @@ Array = jax.Array
 
 
 def infoloob(
-    image: Array, text: Array, *, logit_scale, axis_name: str | None = None
+    image: Array,
+    text: Array,
+    *,
+    logit_scale,
+    axis_name: str | None = None,
+    impl: str = "gather",
+    chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Symmetric InfoLOOB loss of the global batch.
 
@@ -35,6 +41,8 @@ def infoloob(
       image, text: [b, D] this device's paired embeddings (plain dot products, no normalisation).
       logit_scale: t > 0 multiplying the dot products (1 / tau of the paper).
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
+      impl, chunk_size: "gather" (reference) or "ring" (ppermute ring, online log-sum-exp), and an optional
+        tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` and ``top1_acc`` as in ``clip``.
@@ -46,4 +54,6 @@ def infoloob(
         axis_name=axis_name,
         positives_in_denominator=False,
         variants=PLAIN,
+        impl=impl,
+        chunk_size=chunk_size,
     )

@@ -31,6 +31,7 @@ from contrastive.losses.core import (
     softmax_xent_rows,
 )
 from contrastive.losses.pairs import multi_view_pairs
+from contrastive.losses.streamed import check_impl, multi_view_xent
 
 Array = jax.Array
 
@@ -47,6 +48,8 @@ def nt_xent(
     hardness_concentration: float = 0.0,
     hardness_weight: float = 0.0,
     hardest_negatives: int | None = None,
+    impl: str = "gather",
+    chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """SimCLR NT-Xent loss of the global batch (mean over the 2N anchors).
 
@@ -56,6 +59,10 @@ def nt_xent(
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
       additive_margin, angular_margin, false_negative_prior, hardness_concentration,
         hardness_weight, hardest_negatives: variants, see ``contrastive.losses.core.Variants``.
+      impl: "gather" (all-gather the keys, dense b x B logits; the reference) or "ring" (pass key blocks
+        around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see ``losses.streamed``).
+      chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (either impl);
+        must divide the local anchor rows. ``hardest_negatives`` needs ``impl='gather'``, no chunks.
 
     Returns:
       (loss, metrics): float32 scalar, and ``pos_sim`` / ``neg_sim`` (mean cosine of positive /
@@ -74,9 +81,16 @@ def nt_xent(
         hardness_weight=hardness_weight,
         hardest_negatives=hardest_negatives,
     )
+    scale = 1.0 / jnp.asarray(temperature)
+    if check_impl(impl, chunk_size, variants, scale):
+        per_anchor, metrics = multi_view_xent(
+            jnp.stack([z1, z2], axis=1), None, scale=scale, axis_name=axis_name, impl=impl,
+            chunk_size=chunk_size, variants=variants,
+        )
+        return global_mean(per_anchor, axis_name), metrics
     sim, self_mask, positive_mask = multi_view_pairs(jnp.stack([z1, z2], axis=1), None, axis_name)
     negative_mask = ~(self_mask | positive_mask)
     per_anchor = softmax_xent_rows(
-        sim, positive_mask, negative_mask, scale=1.0 / jnp.asarray(temperature), variants=variants
+        sim, positive_mask, negative_mask, scale=scale, variants=variants
     )
     return global_mean(per_anchor, axis_name), pair_metrics(sim, positive_mask, ~self_mask, axis_name)

@@ -28,12 +28,19 @@ from contrastive.losses.core import (
     softmax_xent_rows,
 )
 from contrastive.losses.pairs import multi_view_pairs
+from contrastive.losses.streamed import check_impl, multi_view_xent
 
 Array = jax.Array
 
 
 def supcon(
-    z: Array, labels: Array, *, temperature, axis_name: str | None = None
+    z: Array,
+    labels: Array,
+    *,
+    temperature,
+    axis_name: str | None = None,
+    impl: str = "gather",
+    chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """SupCon L_out of the global batch, mean over the N * V anchor views.
 
@@ -42,6 +49,8 @@ def supcon(
       labels: [b] integer class labels of this device's samples.
       temperature: tau > 0; similarities are divided by it.
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
+      impl, chunk_size: "gather" (reference) or "ring" (ppermute ring, online log-sum-exp), and an optional
+        tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
 
     Returns:
       (loss, metrics) with ``pos_sim`` / ``neg_sim`` (mean cosine of same-label / different-label
@@ -56,9 +65,13 @@ def supcon(
         )
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
+    scale = 1.0 / jnp.asarray(temperature)
+    if check_impl(impl, chunk_size, scale=scale):
+        per_anchor, metrics = multi_view_xent(
+            z, labels, scale=scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size
+        )
+        return global_mean(per_anchor, axis_name), metrics
     sim, self_mask, positive_mask = multi_view_pairs(z, labels, axis_name)
-    per_anchor = softmax_xent_rows(
-        sim, positive_mask, ~(self_mask | positive_mask), scale=1.0 / jnp.asarray(temperature)
-    )
+    per_anchor = softmax_xent_rows(sim, positive_mask, ~(self_mask | positive_mask), scale=scale)
     metrics = pair_metrics(sim, positive_mask, ~self_mask, axis_name)
     return global_mean(per_anchor, axis_name), metrics

@@ -1,0 +1,138 @@
+"""Ring row losses: online log-sum-exp over the key blocks of every device, passed around a ppermute ring.
+
+Papers: Cheng et al. 2024, "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive
+Loss" (Inf-CL), Sec. 3.2 (multi-level tiling: a ring across devices, tiles within one); Zhai et al. 2023,
+"Sigmoid Loss for Language Image Pre-Training", Sec. 3.3 (the same ring for a sigmoid loss).
+
+Each device keeps its query rows and passes its key block (embeddings + metadata) to the next device, D
+steps in all. Per-row totals (``tiled.reduce_terms``: online log-sum-exp, sums, maxima) accumulate as the
+blocks go by, so no device ever holds more than its own rows, one visiting key block and one
+``chunk x chunk`` tile of logits (``b_local x b_local`` without ``chunk_size``)::
+
+    forward:   T_i = combine_k T_i(block k)                 rows stay home, key blocks travel
+               L_i = finalize(T_i)                           per-row loss from its totals
+    backward:  g_i = d L / d T_i                             (vjp of finalize, once)
+               dq_i += grad_q surrogate(block k)             accumulated at home
+               dk   += grad_k surrogate(block k)             travels with its block ...
+               ... and one last ppermute brings every key gradient back to its owner.
+
+The backward is a ``jax.custom_vjp`` that re-runs the ring, so memory stays O(b_local * (b_local + d))
+in both passes (O(b_local * (chunk + d)) with tiles), and nothing is all-gathered.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from contrastive.parallel.tiled import combine_tree, tiled_grads, tiled_totals
+
+Array = jax.Array
+
+
+def ring_shift(axis_name: str | None, num_dev: int):
+    """``tree -> tree of the previous device``; after k shifts a device holds device (i - k)'s block."""
+    if axis_name is None or num_dev == 1:
+        return lambda tree: tree
+    perm = [(d, (d + 1) % num_dev) for d in range(num_dev)]
+    return lambda tree: jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, perm), tree)
+
+
+def as_varying(tree, axis_name: str | None):
+    """Mark replicated values (a learnable scale) as per-device, so a custom VJP may return per-device
+    cotangents; the transpose of this cast sums them, giving the gradient of the global loss."""
+    if axis_name is None:
+        return tree
+
+    def cast(x):
+        x = jnp.asarray(x)
+        if axis_name in jax.typeof(x).manual_axis_type.varying:
+            return x
+        return jax.lax.pcast(x, axis_name, to="varying")
+
+    return jax.tree.map(cast, tree)
+
+
+def _num_devices(axis_name):
+    return 1 if axis_name is None else jax.lax.axis_size(axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def ring_row_losses(block_fn, finalize_fn, axis_name, chunk_size, queries, query_meta, keys, key_meta, params, aux):
+    """Per-row losses ``finalize_fn(T, aux)`` of the local queries against the keys of every device.
+
+    Args:
+      block_fn: ``(q, q_meta, k, k_meta, params) -> (loss_terms, metric_terms)`` for one tile
+        (see ``contrastive.parallel.tiled``); it must not depend on where the tile sits.
+      finalize_fn: ``(loss_totals, aux) -> [rows]`` per-row losses.
+      axis_name: mesh axis of the ring (inside ``jax.shard_map``), or None for one block.
+      chunk_size: tile size within a block, or None for whole blocks.
+      queries, query_meta: this device's rows (float [r, d]) and their metadata (pytree of [r] ints).
+      keys, key_meta: this device's key block; it visits every device.
+      params: pytree of float scalars (e.g. the logit scale); varying over ``axis_name``.
+      aux: per-row constants for ``finalize_fn`` (e.g. DCLW weights), or None.
+
+    Returns:
+      (row_losses [r] float32, metric_totals) — the metric totals are not differentiated.
+    """
+    return _forward(block_fn, finalize_fn, axis_name, chunk_size, queries, query_meta, keys, key_meta, params, aux)[0]
+
+
+def _forward(block_fn, finalize_fn, axis_name, chunk_size, queries, query_meta, keys, key_meta, params, aux):
+    num_dev = _num_devices(axis_name)
+    shift = ring_shift(axis_name, num_dev)
+    totals_of = functools.partial(tiled_totals, block_fn, queries, query_meta, params=params, chunk_size=chunk_size)
+    totals = totals_of(keys, key_meta)
+
+    def visit(_, carry):
+        block, acc = carry
+        block = shift(block)
+        return block, combine_tree(acc, totals_of(*block))
+
+    if num_dev > 1:
+        # Constant metadata (e.g. the view index) must vary over the ring to travel in the loop carry.
+        _, totals = jax.lax.fori_loop(1, num_dev, visit, (as_varying((keys, key_meta), axis_name), totals))
+    loss_totals, metric_totals = totals
+    row_losses = finalize_fn(loss_totals, aux)
+    residuals = (queries, query_meta, keys, key_meta, params, aux, loss_totals)
+    return (row_losses, jax.lax.stop_gradient(metric_totals)), residuals
+
+
+def _backward(block_fn, finalize_fn, axis_name, chunk_size, residuals, cotangents):
+    queries, query_meta, keys, key_meta, params, aux, loss_totals = residuals
+    _, finalize_vjp = jax.vjp(finalize_fn, loss_totals, aux)
+    totals_ct, aux_ct = finalize_vjp(cotangents[0].astype(jnp.float32))  # metrics are not differentiated
+    num_dev = _num_devices(axis_name)
+    shift = ring_shift(axis_name, num_dev)
+    grads_of = functools.partial(
+        tiled_grads, block_fn, queries, query_meta,
+        params=params, totals=loss_totals, cotangents=totals_ct, chunk_size=chunk_size,
+    )
+    d_queries, d_keys, d_params = grads_of(keys, key_meta)
+
+    def visit(_, carry):
+        block, d_block, d_q, d_p = carry
+        # The key gradient travels with its block, collecting every device's contribution.
+        block, d_block = shift((block, d_block))
+        g_q, g_k, g_p = grads_of(*block)
+        return block, d_block + g_k, d_q + g_q, jax.tree.map(jnp.add, d_p, g_p)
+
+    if num_dev > 1:
+        carry = (as_varying((keys, key_meta), axis_name), d_keys, d_queries, d_params)
+        _, d_keys, d_queries, d_params = jax.lax.fori_loop(1, num_dev, visit, carry)
+        # After D - 1 shifts a device holds the block of device i + 1: one more step returns it home.
+        d_keys = shift(d_keys)
+    cast = lambda g, x: g.astype(jnp.result_type(x))
+    return (
+        cast(d_queries, queries),
+        None,
+        cast(d_keys, keys),
+        None,
+        jax.tree.map(cast, d_params, params),
+        aux_ct,
+    )
+
+
+ring_row_losses.defvjp(_forward, _backward)
