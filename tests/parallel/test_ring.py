@@ -25,7 +25,7 @@ def test_ring_on_eight_devices_equals_gather(name):
     assert_trees_close(ring, reference(name))
 
 
-@pytest.mark.parametrize("name", ["clip", "nt_xent"])
+@pytest.mark.parametrize("name", ["clip", pytest.param("nt_xent", marks=pytest.mark.slow)])
 def test_ring_on_one_device_equals_gather(name):
     loss_fn, num_diff, args = CASES[name]
     assert_trees_close(value_and_grad(loss_fn, num_diff, impl="ring")(*args), reference(name))
