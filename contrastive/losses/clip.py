@@ -79,12 +79,15 @@ def symmetric_cross_modal_loss(
 
 
 def _streamed_symmetric(image, text, logit_scale, axis_name, impl, chunk_size, **core_options):
-    """The ring / tiled path: one streamed pass per direction (``losses.streamed``)."""
+    """The ring / tiled path (``losses.streamed``): both directions from the same tiles of logits."""
     stream = functools.partial(
         cross_modal_xent, scale=logit_scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size, **core_options
     )
-    per_image, metrics = stream(image, text)
-    per_text, _ = stream(text, image)
+    if impl == "ring" or axis_name is None:
+        per_image, per_text, metrics = stream(image, text, symmetric=True)
+    else:  # gathered keys: a key's total would need every device's queries, so one pass per direction
+        per_image, _, metrics = stream(image, text)
+        per_text, _, _ = stream(text, image)
     return 0.5 * (global_mean(per_image, axis_name) + global_mean(per_text, axis_name)), metrics
 
 

@@ -76,8 +76,12 @@ def cross_modal_meta(num_local: int, view: int, axis_name: str | None):
 
 
 # ----------------------------------------------------------------------------------------- block terms
-def softmax_block_terms(queries, query_meta, keys, key_meta, params, *, variants: Variants, min_similarity):
-    """Loss and metric terms of one tile (``contrastive.parallel.tiled`` format)."""
+def softmax_block_terms(queries, query_meta, keys, key_meta, params, *, variants, min_similarity, symmetric):
+    """(row, column, metric) terms of one tile (``contrastive.parallel.tiled`` format).
+
+    With ``symmetric`` the keys are anchors too (CLIP's text->image direction): the positive relation
+    and every term are symmetric in the pair, so the column terms are the row terms reduced per key.
+    """
     (q_id, q_view, q_label), (k_id, k_view, k_label) = query_meta, key_meta
     is_self = (q_id[:, None] == k_id[None, :]) & (q_view[:, None] == k_view[None, :])
     pos = (q_label[:, None] == k_label[None, :]) & ~is_self
@@ -102,7 +106,7 @@ def softmax_block_terms(queries, query_meta, keys, key_meta, params, *, variants
         SUM: {"pos": (sim, pos), "num_pos": (ones, pos), "neg": (sim, neg), "num_neg": (ones, neg)},
         MAX: {"best_pos": (sim, pos), "best_neg": (sim, neg)},
     }
-    return loss_terms, metric_terms
+    return loss_terms, loss_terms if symmetric else {}, metric_terms
 
 
 def finalize_rows(totals, positive_weight, *, positives_in_denominator: bool, variants: Variants):
@@ -157,28 +161,34 @@ def streamed_softmax_xent(
     variants: Variants = PLAIN,
     min_similarity: float = -1.0,
     positive_weight: Array | None = None,
+    symmetric: bool = False,
 ):
-    """Per-anchor losses [rows] and global metrics, computed without a b_local x B block of logits.
+    """Per-anchor losses [rows], per-key losses [keys] (or None) and global metrics, without b_local x B logits.
 
     ``queries`` are this device's anchors; ``keys`` this device's candidates. With ``impl='ring'`` the
     key blocks travel around ``axis_name`` (``contrastive.parallel.ring``); with ``impl='gather'`` the
     keys are all-gathered (O(B d), small) and only the logits are tiled. ``chunk_size`` tiles both.
+    ``symmetric`` also returns the keys' own losses from the same tiles (the keys must not be gathered).
     """
     check_chunk_size(chunk_size, anchor_rows=queries.shape[0], candidate_rows=keys.shape[0])
     ring_axis = axis_name
-    if impl == "gather":
+    if impl == "gather" and axis_name is not None:
+        if symmetric:
+            raise ValueError("symmetric streamed losses need impl='ring' when the batch is sharded")
         keys = gather_rows(keys, axis_name)
         key_meta = jax.tree.map(lambda m: gather_rows(m, axis_name), key_meta)
         ring_axis = None
-    block_fn = functools.partial(softmax_block_terms, variants=variants, min_similarity=min_similarity)
+    block_fn = functools.partial(
+        softmax_block_terms, variants=variants, min_similarity=min_similarity, symmetric=symmetric
+    )
     finalize_fn = functools.partial(
         finalize_rows, positives_in_denominator=positives_in_denominator, variants=variants
     )
     params = as_varying({"scale": jnp.asarray(scale, jnp.float32)}, axis_name)
-    row_losses, metric_totals = ring_row_losses(
+    row_losses, key_losses, metric_totals = ring_row_losses(
         block_fn, finalize_fn, ring_axis, chunk_size, queries, query_meta, keys, key_meta, params, positive_weight
     )
-    return row_losses, streamed_metrics(metric_totals, axis_name)
+    return row_losses, key_losses, streamed_metrics(metric_totals, axis_name)
 
 
 def multi_view_xent(z: Array, labels: Array | None, *, scale, axis_name, impl, chunk_size, **core_options):
@@ -186,13 +196,17 @@ def multi_view_xent(z: Array, labels: Array | None, *, scale, axis_name, impl, c
     b, num_views, _ = z.shape
     rows = jnp.swapaxes(l2_normalize(z), 0, 1).reshape(b * num_views, -1)  # view-major, like the dense path
     meta = multi_view_meta(b, num_views, labels, axis_name)
-    return streamed_softmax_xent(
+    row_losses, _, metrics = streamed_softmax_xent(
         rows, meta, rows, meta, scale=scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size, **core_options
     )
+    return row_losses, metrics
 
 
 def cross_modal_xent(queries: Array, keys: Array, *, scale, axis_name, impl, chunk_size, **core_options):
-    """Streamed ``softmax_xent_rows`` on the cross-modal layout of ``pairs.cross_modal_pairs``."""
+    """Streamed ``softmax_xent_rows`` on the cross-modal layout of ``pairs.cross_modal_pairs``.
+
+    Returns (query losses, key losses or None, metrics); pass ``symmetric=True`` for the key losses.
+    """
     b = queries.shape[0]
     return streamed_softmax_xent(
         queries,

@@ -27,7 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from contrastive.parallel.tiled import combine_tree, tiled_grads, tiled_totals
+from contrastive.parallel.tiled import combine_totals, tiled_grads, tiled_totals
 
 Array = jax.Array
 
@@ -64,65 +64,77 @@ def ring_row_losses(block_fn, finalize_fn, axis_name, chunk_size, queries, query
     """Per-row losses ``finalize_fn(T, aux)`` of the local queries against the keys of every device.
 
     Args:
-      block_fn: ``(q, q_meta, k, k_meta, params) -> (loss_terms, metric_terms)`` for one tile
-        (see ``contrastive.parallel.tiled``); it must not depend on where the tile sits.
-      finalize_fn: ``(loss_totals, aux) -> [rows]`` per-row losses.
+      block_fn: ``(q, q_meta, k, k_meta, params) -> (row_terms, col_terms, metric_terms)`` for one tile
+        (see ``contrastive.parallel.tiled``); it must not depend on where the tile sits. ``col_terms``
+        may be empty; when it is not, the keys get losses too (the other direction of CLIP).
+      finalize_fn: ``(loss_totals, aux) -> [rows]`` per-row (or per-key, with ``aux=None``) losses.
       axis_name: mesh axis of the ring (inside ``jax.shard_map``), or None for one block.
       chunk_size: tile size within a block, or None for whole blocks.
       queries, query_meta: this device's rows (float [r, d]) and their metadata (pytree of [r] ints).
-      keys, key_meta: this device's key block; it visits every device.
+      keys, key_meta: this device's key block; it visits every device and comes back.
       params: pytree of float scalars (e.g. the logit scale); varying over ``axis_name``.
       aux: per-row constants for ``finalize_fn`` (e.g. DCLW weights), or None.
 
     Returns:
-      (row_losses [r] float32, metric_totals) — the metric totals are not differentiated.
+      (row_losses [r], key_losses [k] or None, metric_totals) — metric totals are not differentiated.
     """
     return _forward(block_fn, finalize_fn, axis_name, chunk_size, queries, query_meta, keys, key_meta, params, aux)[0]
+
+
+def _finalize_keys(finalize_fn, col_totals):
+    return finalize_fn(col_totals, None) if jax.tree.leaves(col_totals) else None
 
 
 def _forward(block_fn, finalize_fn, axis_name, chunk_size, queries, query_meta, keys, key_meta, params, aux):
     num_dev = _num_devices(axis_name)
     shift = ring_shift(axis_name, num_dev)
     totals_of = functools.partial(tiled_totals, block_fn, queries, query_meta, params=params, chunk_size=chunk_size)
-    totals = totals_of(keys, key_meta)
+    rows, cols, metrics = totals_of(keys, key_meta)
 
     def visit(_, carry):
-        block, acc = carry
-        block = shift(block)
-        return block, combine_tree(acc, totals_of(*block))
+        # A key block travels with its column totals; the row totals stay home.
+        block, cols, rows, metrics = carry
+        block, cols = shift((block, cols))
+        r, c, m = totals_of(*block)
+        return block, combine_totals(cols, c), combine_totals(rows, r), combine_totals(metrics, m)
 
     if num_dev > 1:
         # Constant metadata (e.g. the view index) must vary over the ring to travel in the loop carry.
-        _, totals = jax.lax.fori_loop(1, num_dev, visit, (as_varying((keys, key_meta), axis_name), totals))
-    loss_totals, metric_totals = totals
-    row_losses = finalize_fn(loss_totals, aux)
-    residuals = (queries, query_meta, keys, key_meta, params, aux, loss_totals)
-    return (row_losses, jax.lax.stop_gradient(metric_totals)), residuals
+        carry = (as_varying((keys, key_meta), axis_name), cols, rows, metrics)
+        _, cols, rows, metrics = jax.lax.fori_loop(1, num_dev, visit, carry)
+        # After D - 1 shifts a device holds the block of device i + 1: one more step returns it home.
+        cols = shift(cols)
+    losses = (finalize_fn(rows, aux), _finalize_keys(finalize_fn, cols), jax.lax.stop_gradient(metrics))
+    return losses, (queries, query_meta, keys, key_meta, params, aux, rows, cols)
 
 
 def _backward(block_fn, finalize_fn, axis_name, chunk_size, residuals, cotangents):
-    queries, query_meta, keys, key_meta, params, aux, loss_totals = residuals
-    _, finalize_vjp = jax.vjp(finalize_fn, loss_totals, aux)
-    totals_ct, aux_ct = finalize_vjp(cotangents[0].astype(jnp.float32))  # metrics are not differentiated
+    queries, query_meta, keys, key_meta, params, aux, rows, cols = residuals
+    _, finalize_vjp = jax.vjp(finalize_fn, rows, aux)
+    row_ct, aux_ct = finalize_vjp(cotangents[0].astype(jnp.float32))  # metrics are not differentiated
+    col_ct = cols
+    if jax.tree.leaves(cols):
+        col_ct = jax.vjp(lambda c: finalize_fn(c, None), cols)[1](cotangents[1].astype(jnp.float32))[0]
     num_dev = _num_devices(axis_name)
     shift = ring_shift(axis_name, num_dev)
-    grads_of = functools.partial(
-        tiled_grads, block_fn, queries, query_meta,
-        params=params, totals=loss_totals, cotangents=totals_ct, chunk_size=chunk_size,
-    )
-    d_queries, d_keys, d_params = grads_of(keys, key_meta)
+
+    def grads_of(block):
+        k, k_meta, c, c_ct = block
+        return tiled_grads(block_fn, queries, query_meta, k, k_meta, params, (rows, c), (row_ct, c_ct), chunk_size)
+
+    block = (keys, key_meta, cols, col_ct)
+    d_queries, d_keys, d_params = grads_of(block)
 
     def visit(_, carry):
+        # The key gradient travels with its block (and its column totals), collecting every contribution.
         block, d_block, d_q, d_p = carry
-        # The key gradient travels with its block, collecting every device's contribution.
         block, d_block = shift((block, d_block))
-        g_q, g_k, g_p = grads_of(*block)
+        g_q, g_k, g_p = grads_of(block)
         return block, d_block + g_k, d_q + g_q, jax.tree.map(jnp.add, d_p, g_p)
 
     if num_dev > 1:
-        carry = (as_varying((keys, key_meta), axis_name), d_keys, d_queries, d_params)
+        carry = (as_varying(block, axis_name), d_keys, d_queries, d_params)
         _, d_keys, d_queries, d_params = jax.lax.fori_loop(1, num_dev, visit, carry)
-        # After D - 1 shifts a device holds the block of device i + 1: one more step returns it home.
         d_keys = shift(d_keys)
     cast = lambda g, x: g.astype(jnp.result_type(x))
     return (

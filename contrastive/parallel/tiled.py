@@ -19,8 +19,10 @@ stored tile either: for a per-row cotangent g_i of T_i,
 so the tile's share of the input gradients is the gradient of the *surrogate*
 ``sum_ij g_i exp(v_ij - sg(T_i))`` (plus ``sum_ij g_i v_ij`` for sums), recomputed tile by tile.
 
-``block_fn(queries, query_meta, keys, key_meta, params) -> (loss_terms, metric_terms)``, each a dict
-``{kind: {name: (values [r, c], mask [r, c])}}`` with kind in ``lse``, ``sum`` (and ``max`` for metrics).
+``block_fn(queries, query_meta, keys, key_meta, params) -> (row_terms, col_terms, metric_terms)``, each a
+dict ``{kind: {name: (values [r, c], mask [r, c])}}`` with kind in ``lse``, ``sum`` (and ``max`` for
+metrics). Row terms are reduced per query row; column terms per key (the other direction of a symmetric
+loss such as CLIP, from the same tile of logits); metric terms per row, without gradient.
 """
 
 from __future__ import annotations
@@ -46,24 +48,27 @@ def match_varying(tree, like: Array):
 
 
 # ----------------------------------------------------------------------------------------- reductions
-def reduce_terms(terms: dict) -> dict:
-    """Row totals of one tile's terms."""
+ROWS, COLS = 1, 0  # the axis a term is reduced over: per query row, or per key column
+
+
+def reduce_terms(terms: dict, axis: int = ROWS) -> dict:
+    """Totals of one tile's terms, per row (``axis=ROWS``) or per column (``axis=COLS``)."""
     reducers = {
-        LSE: lambda v, m: jax.nn.logsumexp(v, axis=-1, where=m),
-        SUM: lambda v, m: jnp.sum(jnp.where(m, v, 0.0), axis=-1),
-        MAX: lambda v, m: jnp.max(jnp.where(m, v, -jnp.inf), axis=-1),
+        LSE: lambda v, m: jax.nn.logsumexp(v, axis=axis, where=m),
+        SUM: lambda v, m: jnp.sum(jnp.where(m, v, 0.0), axis=axis),
+        MAX: lambda v, m: jnp.max(jnp.where(m, v, -jnp.inf), axis=axis),
     }
     return {kind: {name: reducers[kind](*vm) for name, vm in group.items()} for kind, group in terms.items()}
 
 
 def combine_totals(a: dict, b: dict) -> dict:
-    """Merge the row totals of two disjoint sets of columns."""
+    """Merge the totals of two disjoint sets of pairs (also works on stacked tiles of totals)."""
     ops = {LSE: jnp.logaddexp, SUM: jnp.add, MAX: jnp.maximum}
     return {kind: jax.tree.map(ops[kind], a[kind], b[kind]) for kind in a}
 
 
 def empty_totals(structure: dict) -> dict:
-    """Totals over no columns: log 0 = -inf for lse and max, 0 for sums."""
+    """Totals over no pairs: log 0 = -inf for lse and max, 0 for sums."""
     fill = {LSE: -jnp.inf, SUM: 0.0, MAX: -jnp.inf}
     return {
         kind: jax.tree.map(lambda s, f=fill[kind]: jnp.full(s.shape, f, s.dtype), group)
@@ -71,16 +76,23 @@ def empty_totals(structure: dict) -> dict:
     }
 
 
-def surrogate(terms: dict, totals: dict, cotangents: dict) -> Array:
+def surrogate(terms: dict, totals: dict, cotangents: dict, axis: int = ROWS) -> Array:
     """A scalar whose gradient is this tile's share of ``sum_i <g_i, d T_i>`` (module docstring)."""
-    out = 0.0
+    out = jnp.zeros((), jnp.float32)
     for name, (v, m) in terms.get(LSE, {}).items():
-        t, g = jax.lax.stop_gradient(totals[LSE][name]), cotangents[LSE][name]
+        t = jnp.expand_dims(jax.lax.stop_gradient(totals[LSE][name]), axis)
+        g = jnp.expand_dims(cotangents[LSE][name], axis)
         # where before exp: masked-out pairs (and rows whose total is -inf) give exp(-inf) = 0, NaN-free.
-        out = out + jnp.sum(g[:, None] * jnp.exp(jnp.where(m, v - t[:, None], -jnp.inf)))
+        out = out + jnp.sum(g * jnp.exp(jnp.where(m, v - t, -jnp.inf)))
     for name, (v, m) in terms.get(SUM, {}).items():
-        out = out + jnp.sum(cotangents[SUM][name][:, None] * jnp.where(m, v, 0.0))
+        out = out + jnp.sum(jnp.expand_dims(cotangents[SUM][name], axis) * jnp.where(m, v, 0.0))
     return out
+
+
+def reduce_block(block_fn, *args):
+    """(row totals, column totals, metric row totals) of one tile."""
+    row_terms, col_terms, metric_terms = block_fn(*args)
+    return reduce_terms(row_terms, ROWS), reduce_terms(col_terms, COLS), reduce_terms(metric_terms, ROWS)
 
 
 # ----------------------------------------------------------------------------------------- tiling
@@ -104,45 +116,55 @@ def check_chunk_size(chunk_size: int | None, **rows: int) -> None:
 
 
 def tiled_totals(block_fn, queries, query_meta, keys, key_meta, params, chunk_size):
-    """Row totals (loss, metrics) of all query rows against all key rows, one tile at a time."""
-    row_chunk = chunk_size or queries.shape[0]
-    col_chunk = chunk_size or keys.shape[0]
-    row_tiles = _tiles((queries, query_meta), row_chunk)
-    col_tiles = _tiles((keys, key_meta), col_chunk)
-    first_col = jax.tree.map(lambda x: x[0], col_tiles)
+    """(row, column, metric) totals of all query rows against all key rows, one tile at a time.
 
-    def one_row_tile(row):
-        structure = jax.eval_shape(lambda: reduce_tree(block_fn(*row, *first_col, params)))
-        init = match_varying(empty_totals_tree(structure), row[0])
+    Column totals (the key-to-query direction of a symmetric loss) come from the same tiles, so a
+    symmetric loss needs one similarity matmul per tile, not two (Inf-CL, Sec. 3.1).
+    """
+    row_tiles = _tiles((queries, query_meta), chunk_size or queries.shape[0])
+    col_tiles = _tiles((keys, key_meta), chunk_size or keys.shape[0])
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    structure = jax.eval_shape(lambda: reduce_block(block_fn, *first(row_tiles), *first(col_tiles), params))
+    row_init, col_init, metric_init = match_varying(empty_totals_tree(structure), queries)
+    num_col_tiles = col_tiles[0].shape[0]
+    col_init = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_col_tiles,) + x.shape), col_init)
 
+    def one_row_tile(col_totals, row):
         def step(acc, col):
-            return combine_tree(acc, reduce_tree(block_fn(*row, *col, params))), None
+            r, c, m = reduce_block(block_fn, *row, *col, params)
+            return combine_tree(acc, (r, m)), c
 
-        return jax.lax.scan(step, init, col_tiles)[0]
+        (row_totals, metric_totals), col_tile_totals = jax.lax.scan(step, (row_init, metric_init), col_tiles)
+        return combine_totals(col_totals, col_tile_totals), (row_totals, metric_totals)
 
-    return _untile(jax.lax.map(one_row_tile, row_tiles))
+    col_totals, (row_totals, metric_totals) = jax.lax.scan(one_row_tile, col_init, row_tiles)
+    return _untile(row_totals), _untile(col_totals), _untile(metric_totals)
 
 
 def tiled_grads(block_fn, queries, query_meta, keys, key_meta, params, totals, cotangents, chunk_size):
-    """Gradients of ``sum_i <g_i, T_i>`` w.r.t. (queries, keys, params), recomputing tile by tile."""
-    row_chunk = chunk_size or queries.shape[0]
-    col_chunk = chunk_size or keys.shape[0]
-    row_tiles = _tiles((queries, query_meta, totals, cotangents), row_chunk)
-    col_tiles = _tiles((keys, key_meta), col_chunk)
+    """Gradients of ``sum_i <g_i, T_i>`` (rows and columns) w.r.t. (queries, keys, params), tile by tile.
 
-    def tile_surrogate(q, k, p, q_meta, k_meta, tot, ct):
-        return surrogate(block_fn(q, q_meta, k, k_meta, p)[0], tot, ct)
+    ``totals`` and ``cotangents`` are pairs (rows, columns) of loss totals and their cotangents.
+    """
+    (row_totals, col_totals), (row_ct, col_ct) = totals, cotangents
+    row_tiles = _tiles((queries, query_meta, row_totals, row_ct), chunk_size or queries.shape[0])
+    col_tiles = _tiles((keys, key_meta, col_totals, col_ct), chunk_size or keys.shape[0])
+
+    def tile_surrogate(q, k, p, q_meta, k_meta, row, col):
+        row_terms, col_terms, _ = block_fn(q, q_meta, k, k_meta, p)
+        return surrogate(row_terms, *row, ROWS) + surrogate(col_terms, *col, COLS)
 
     tile_grad = jax.grad(tile_surrogate, argnums=(0, 1, 2))
     zeros = lambda tree: match_varying(jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree), queries)
 
     def one_row_tile(carry, row):
         d_keys, d_params = carry
-        q, q_meta, tot, ct = row
+        q, q_meta, *row_stats = row
 
         def step(inner, col):
             d_q, d_p = inner
-            g_q, g_k, g_p = tile_grad(q, col[0], params, q_meta, col[1], tot, ct)
+            k, k_meta, *col_stats = col
+            g_q, g_k, g_p = tile_grad(q, k, params, q_meta, k_meta, row_stats, col_stats)
             return (d_q + g_q, jax.tree.map(jnp.add, d_p, g_p)), g_k
 
         (d_q, d_params), g_keys = jax.lax.scan(step, (zeros(q), d_params), col_tiles)
@@ -151,11 +173,6 @@ def tiled_grads(block_fn, queries, query_meta, keys, key_meta, params, totals, c
     init = (zeros(col_tiles[0]), zeros(params))
     (d_keys, d_params), d_queries = jax.lax.scan(one_row_tile, init, row_tiles)
     return _untile(d_queries), _untile(d_keys), d_params
-
-
-# Loss and metric terms travel together as a pair of dicts.
-def reduce_tree(pair):
-    return tuple(reduce_terms(t) for t in pair)
 
 
 def combine_tree(a, b):
