@@ -59,6 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log_every = 10
     c.progress = True
+    # Compiled programs are kept here and reused by later runs and resumes ('' turns it off).
+    c.compilation_cache_dir = "~/.cache/contrastive/jax"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.at_end = True  # linear probe + kNN of learned, random-init and raw-pixel features

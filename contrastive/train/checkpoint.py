@@ -20,7 +20,8 @@ import orbax.checkpoint as ocp
 from contrastive.train.config import ConfigError, flatten
 
 # Config keys that may differ when resuming: they do not change what the state means or how it evolves.
-RESUMABLE_KEYS = ("num_steps", "log_every", "progress", "checkpoint.", "eval.", "data.data_dir")
+RESUMABLE_KEYS = ("num_steps", "log_every", "progress", "compilation_cache_dir", "checkpoint.", "eval.",
+                  "data.data_dir")
 
 
 class CheckpointError(RuntimeError):

@@ -111,6 +111,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     # (1) Check everything before touching the workdir or computing anything.
     setup = check_config(config)
     check_workdir_config(workdir, config)
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(config.compilation_cache_dir).expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     checkpointer = Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
 
     # (2) Data, model, optimizer, state.

@@ -14,11 +14,17 @@ def data_dir(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
 @pytest.fixture
-def tiny_config(data_dir):
+def tiny_config(data_dir, compilation_cache):
     def make(config_file="configs/simclr_digits.py", **overrides):
         c = load_config(config_file)
         c.data.data_dir = data_dir
+        c.compilation_cache_dir = compilation_cache
         c.num_steps = 20
         c.batch_size = 64
         c.log_every = 1

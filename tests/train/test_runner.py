@@ -64,9 +64,9 @@ def wait_for_step(proc, workdir, step, timeout=300):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_config, tmp_path, sig):
-    config = tiny_config(num_steps=300, **{"checkpoint.every_steps": 25, "eval.at_end": True})
+    config = tiny_config(num_steps=150, **{"checkpoint.every_steps": 20, "eval.at_end": True})
     proc = start_cli(config, tmp_path / "killed")
-    wait_for_step(proc, tmp_path / "killed", 60)
+    wait_for_step(proc, tmp_path / "killed", 50)
     proc.send_signal(sig)
     err = proc.communicate()[1]
     if sig == signal.SIGKILL:
@@ -75,7 +75,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_config, tmp_path, s
         assert proc.returncode == EXIT_INTERRUPTED and "Run the same command to resume" in err
     assert not (tmp_path / "killed" / "eval.json").exists()
     killed_at = len(read_metrics(tmp_path / "killed" / "metrics.jsonl"))
-    assert 60 <= killed_at < 300
+    assert 50 <= killed_at < 150
 
     resumed = start_cli(config, tmp_path / "killed")
     err = resumed.communicate()[1]
@@ -83,7 +83,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_config, tmp_path, s
     assert "resumed from the checkpoint at step" in err
     full = start_cli(config, tmp_path / "full")
     assert full.wait() == 0
-    assert [r["step"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl")] == list(range(300))
+    assert [r["step"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl")] == list(range(150))
     assert losses(tmp_path / "killed") == losses(tmp_path / "full")
     eval_killed, eval_full = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("killed", "full"))
     assert eval_killed == eval_full
