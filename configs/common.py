@@ -68,3 +68,43 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_temperature = 0.07
     c.eval.batch_size = 512
     return c
+
+
+def image_text_config(loss_name: str) -> ml_collections.ConfigDict:
+    """`base_config` for a dual encoder trained with an image-text loss (clip | siglip | infoloob) on the
+    captioned digits: the image tower's fields as in `base_config`, plus `model.text`, the learned logit
+    scale/bias initialisation, LiT and zero-shot templates."""
+    import math
+
+    from contrastive.data.captions import CAPTION_TEMPLATES
+
+    c = base_config()
+    c.data.name = "digits_captions"  # | coco_captions | ref_coco
+    c.data.image_size = ()  # (H, W) to resize to; () keeps the stored size
+    c.augment.num_views = 1  # one view per image, paired with one of its captions
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = loss_name
+    siglip = loss_name == "siglip"
+    # CLIP: t' = log(1/0.07); SigLIP: t' = log 10, b = -10 (b is used by siglip only).
+    c.model.logit_scale_init = math.log(10.0) if siglip else math.log(1 / 0.07)
+    c.model.logit_bias_init = -10.0
+    c.model.logit_scale_max = 100.0
+
+    c.model.text = ml_collections.ConfigDict()
+    c.model.text.width = 64
+    c.model.text.depth = 2
+    c.model.text.num_heads = 4
+    c.model.text.mlp_ratio = 2
+    c.model.text.pool = "eos"  # eos | mean
+    c.model.text.max_len = 12  # ids per caption, EOS included
+    c.model.text.max_captions = 16  # captions kept per image (digits_captions has 16)
+    c.model.text.max_vocab = 2048
+    c.model.text.vocab_examples = 20000  # the vocabulary is built from the captions of this many train images
+
+    c.model.lit = ml_collections.ConfigDict()
+    c.model.lit.lock_image = False  # LiT: locked image encoder (no gradient, no update, no decay)
+    c.model.lit.init_from = ""  # workdir of an image-only run whose encoder initialises the image tower
+
+    c.eval.zero_shot_templates = CAPTION_TEMPLATES
+    return c

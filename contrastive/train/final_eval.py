@@ -3,6 +3,10 @@
 The same linear probe and kNN classifier are fitted on the train split and scored on the test split for
 three representations: the learned encoder's features, the raw pixels, and the features of the encoder
 as initialised (same seed, no training). Learning is worth something only where it beats both.
+
+Image-text runs (`evaluate_image_text`) are read as CLIP reads them (Radford et al. 2021): zero-shot
+test accuracy with a prompt-template ensemble, image->text and text->image Recall@1/5/10 over every test
+caption, and the same linear probe and kNN of the image tower's features.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import optax
+from flax import nnx
 
 from contrastive import eval as evaluation
+from contrastive.data.image_text import KEYS as IMAGE_TEXT_KEYS
 from contrastive.data.pipeline import InMemorySource, read_all
 from contrastive.models.encoders import build_model
 from contrastive.train.step import images_to_float, init_state, make_encode_fn
@@ -19,15 +25,28 @@ from contrastive.train.step import images_to_float, init_state, make_encode_fn
 REPRESENTATIONS = ("learned", "random_init", "raw_pixels")
 
 
-def _features(encode, params, model_state, images: np.ndarray, pixel_max: float, batch_size: int):
+def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """fn over rows of x, `batch_size` rows per call (the last call padded: one compilation)."""
     out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        pad = batch_size - len(chunk)  # pad so every call has the same shape: one compilation
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size]
+        pad = batch_size - len(chunk)
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
-        feats = encode(params, model_state, images_to_float(chunk, pixel_max))
-        out.append(np.asarray(jax.device_get(feats))[: batch_size - pad])
+        out.append(np.asarray(jax.device_get(fn(chunk)))[: batch_size - pad])
     return np.concatenate(out)
+
+
+def _features(encode, params, model_state, images: np.ndarray, pixel_max: float, batch_size: int):
+    return _batched(lambda chunk: encode(params, model_state, images_to_float(chunk, pixel_max)), images, batch_size)
+
+
+def _probes(config, train_feats, train_labels, test_feats, test_labels) -> dict:
+    tr, te = np.asarray(train_feats, np.float32), np.asarray(test_feats, np.float32)
+    probe = evaluation.linear_probe(tr, train_labels, te, test_labels, seed=config.seed)
+    knn = evaluation.knn_accuracy(tr, train_labels, te, test_labels, k=min(config.eval.knn_k, len(train_labels)),
+                                  temperature=config.eval.knn_temperature)
+    return {"linear_probe": float(probe["accuracy"]), "knn": float(knn), "linear_probe_l2": float(probe["l2"]),
+            "feature_dim": int(tr.shape[1])}
 
 
 def evaluate(config, graphdef, state, train_source, test_source, pixel_max: float) -> dict:
@@ -48,12 +67,7 @@ def evaluate(config, graphdef, state, train_source, test_source, pixel_max: floa
     results = {"knn_k": k, "knn_temperature": config.eval.knn_temperature,
                "num_train": len(train["label"]), "num_test": len(test["label"])}
     for name in REPRESENTATIONS:
-        tr, te = (np.asarray(f, np.float32) for f in feats[name])
-        probe = evaluation.linear_probe(tr, train["label"], te, test["label"], seed=config.seed)
-        knn = evaluation.knn_accuracy(tr, train["label"], te, test["label"], k=k,
-                                      temperature=config.eval.knn_temperature)
-        results[name] = {"linear_probe": float(probe["accuracy"]), "knn": float(knn),
-                         "linear_probe_l2": float(probe["l2"]), "feature_dim": int(tr.shape[1])}
+        results[name] = _probes(config, feats[name][0], train["label"], feats[name][1], test["label"])
     return results
 
 
@@ -63,4 +77,65 @@ def format_table(results: dict) -> str:
         r = results[name]
         rows.append(f"{name:<12} {r['feature_dim']:>5} {100 * r['linear_probe']:>12.2f}% {100 * r['knn']:>11.2f}%")
     rows.append(f"(train {results['num_train']} / test {results['num_test']} images)")
+    return "\n".join(rows)
+
+
+def evaluate_image_text(config, graphdef, state, train_source, test_source, tokenizer, classnames,
+                        pixel_max: float) -> dict:
+    """Zero-shot accuracy, retrieval Recall@K both ways, and probes of the image tower (eval.json)."""
+    train, test = (s.arrays if isinstance(s, InMemorySource) else read_all(s, IMAGE_TEXT_KEYS)
+                   for s in (train_source, test_source))
+    bs = config.eval.batch_size
+
+    @jax.jit
+    def embed(params, model_state, images, tokens):
+        model = nnx.merge(graphdef, params, model_state)
+        return model.embed_image(images) if images is not None else model.embed_text(tokens)
+
+    def images(x):
+        return _batched(lambda c: embed(state.params, state.model_state, images_to_float(c, pixel_max), None), x, bs)
+
+    def texts(tokens):
+        return _batched(lambda c: embed(state.params, state.model_state, None, c), tokens, bs)
+
+    image_emb = images(test["image"])
+    real = np.arange(test["tokens"].shape[1])[None, :] < test["num_captions"][:, None]  # [N, K]
+    text_to_image = np.nonzero(real)[0]
+    text_emb = texts(test["tokens"][real])
+    results = {"num_train": int(len(train["image"])), "num_test": int(len(image_emb)),
+               "num_test_captions": int(len(text_emb)),
+               "retrieval": evaluation.image_text_retrieval(image_emb, text_emb, text_to_image=text_to_image)}
+    if classnames:
+        # A caption is a hit for any image of the class it names: the best the captions can tell apart.
+        class_level = evaluation.retrieval_recall(text_emb, image_emb, query_ids=test["label"][text_to_image],
+                                                  key_ids=test["label"])
+        results["retrieval"].update({f"text_to_image_class/{k}": v for k, v in class_level.items()})
+        class_emb = evaluation.class_embeddings_from_templates(
+            lambda prompts: texts(tokenizer.encode(prompts)), classnames, list(config.eval.zero_shot_templates))
+        results["zero_shot"] = evaluation.zero_shot_classify(image_emb, class_emb, test["label"])
+        results["num_templates"] = len(config.eval.zero_shot_templates)
+        encode = make_encode_fn(graphdef)
+        feats = [_features(encode, state.params, state.model_state, x, pixel_max, bs)
+                 for x in (train["image"], test["image"])]
+        results["learned"] = _probes(config, feats[0], train["label"], feats[1], test["label"])
+        results["knn_k"] = min(config.eval.knn_k, len(train["label"]))
+    return results
+
+
+def format_image_text_table(results: dict) -> str:
+    r = results["retrieval"]
+    rows = []
+    if "zero_shot" in results:
+        rows.append(f"zero-shot top-1 ({results['num_templates']} templates): {100 * results['zero_shot']:.2f}%")
+    rows.append(f"{'retrieval':<22} {'R@1':>7} {'R@5':>7} {'R@10':>7}")
+    for direction in ("image_to_text", "text_to_image", "text_to_image_class"):
+        if f"{direction}/recall@1" in r:
+            rows.append(f"{direction:<22} " + " ".join(f"{100 * r[f'{direction}/recall@{k}']:>6.2f}%"
+                                                       for k in (1, 5, 10)))
+    if "learned" in results:
+        lr = results["learned"]
+        rows.append(f"image tower features ({lr['feature_dim']}-d): linear probe {100 * lr['linear_probe']:.2f}%, "
+                    f"kNN (k={results['knn_k']}) {100 * lr['knn']:.2f}%")
+    rows.append(f"(train {results['num_train']} / test {results['num_test']} images, "
+                f"{results['num_test_captions']} test captions)")
     return "\n".join(rows)

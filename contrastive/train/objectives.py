@@ -1,8 +1,12 @@
-"""From `config.loss` to a function of the model's projections: (z [b, V, D], labels [b]) -> loss.
+"""From `config.loss` to a function of the model's outputs, for the two method families.
 
-Each loss in `contrastive.losses` has the signature its paper suggests (two views, or [N, V, D] with
-labels); an objective adapts the runner's [b, V, D] projections to it. `config.loss.name` picks the loss;
-every other field of `config.loss` is passed to it as a keyword argument and must be one it accepts.
+* views (SimCLR family): `objective(z [b, V, D], labels [b], *, axis_name)`. Each loss has the signature
+  its paper suggests (two views, or [N, V, D] with labels); an objective adapts the [b, V, D] projections.
+* image_text (CLIP family): `objective(image [b, D], text [b, D], logit_scale, logit_bias, *, axis_name)`;
+  the scale and bias are the dual encoder's learned parameters, so `config.loss` may not set them.
+
+`config.loss.name` picks the loss and, through it, the family; every other field of `config.loss` is
+passed to the loss as a keyword argument and must be one it accepts.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ def _views_and_labels(loss_fn):
     return objective
 
 
+def _image_text(loss_fn, with_bias):
+    def objective(image, text, logit_scale, logit_bias, *, axis_name, **kwargs):
+        extra = {"logit_bias": logit_bias} if with_bias else {}
+        return loss_fn(image, text, logit_scale=logit_scale, axis_name=axis_name, **extra, **kwargs)
+
+    return objective
+
+
 # name -> (adapter, number of views it needs: an int, or None for any number >= 2)
 _ADAPTERS = {
     "nt_xent": (_two_views, 2),
@@ -42,8 +54,40 @@ _ADAPTERS = {
 }
 
 
+# name -> whether the loss takes a learned bias (SigLIP) besides the learned scale
+IMAGE_TEXT_LOSSES = {"clip": False, "siglip": True, "infoloob": False}
+LEARNED = ("logit_scale", "logit_bias")  # model parameters, never config values
+FAMILIES = ("views", "image_text")
+
+
 def available() -> tuple[str, ...]:
     return tuple(name for name in _ADAPTERS if hasattr(losses, name))
+
+
+def loss_family(name: str) -> str:
+    """'views' or 'image_text', the family whose model, data and step a loss needs."""
+    if name in IMAGE_TEXT_LOSSES:
+        return "image_text"
+    if name in available():
+        return "views"
+    raise ConfigError(f"loss.name={name!r} is not one of {', '.join((*available(), *IMAGE_TEXT_LOSSES))}")
+
+
+def _loss_kwargs(loss_fn, loss_cfg, exclude=()) -> dict:
+    """The fields of `config.loss` other than `name`, checked against the loss's keyword arguments."""
+    name = loss_cfg.name
+    params = inspect.signature(loss_fn).parameters
+    accepted = {p for p, v in params.items() if v.kind == inspect.Parameter.KEYWORD_ONLY} - {"axis_name", *exclude}
+    kwargs = {k: v for k, v in loss_cfg.items() if k != "name"}
+    learned = sorted(set(kwargs) & set(exclude))
+    if learned:
+        raise ConfigError(f"config.loss.{learned[0]} is a learned parameter of the dual encoder, not a loss setting; "
+                          "set its initial value with config.model.logit_scale_init / config.model.logit_bias_init")
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join('config.loss.' + k for k in unknown)} for "
+                          f"loss {name!r}; valid keys: name, {', '.join(sorted(accepted))}")
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
 
 
 def make_objective(loss_cfg, num_views: int) -> Objective:
@@ -56,12 +100,14 @@ def make_objective(loss_cfg, num_views: int) -> Objective:
         need = views if views is not None else "at least 2"
         raise ConfigError(f"loss {name!r} needs augment.num_views={need}, got {num_views}")
     loss_fn = getattr(losses, name)
-    params = inspect.signature(loss_fn).parameters
-    accepted = {p for p, v in params.items() if v.kind == inspect.Parameter.KEYWORD_ONLY} - {"axis_name"}
-    kwargs = {k: v for k, v in loss_cfg.items() if k != "name"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join('config.loss.' + k for k in unknown)} for "
-                          f"loss {name!r}; valid keys: name, {', '.join(sorted(accepted))}")
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
-    return functools.partial(adapter(loss_fn), **kwargs)
+    return functools.partial(adapter(loss_fn), **_loss_kwargs(loss_fn, loss_cfg))
+
+
+def make_image_text_objective(loss_cfg) -> Objective:
+    """`objective(image, text, logit_scale, logit_bias, *, axis_name)` for an image-text `config.loss`."""
+    name = loss_cfg.name
+    if name not in IMAGE_TEXT_LOSSES:
+        raise ConfigError(f"loss.name={name!r} is not an image-text loss; choose one of "
+                          f"{', '.join(IMAGE_TEXT_LOSSES)}")
+    loss_fn = getattr(losses, name)
+    return functools.partial(_image_text(loss_fn, IMAGE_TEXT_LOSSES[name]), **_loss_kwargs(loss_fn, loss_cfg, LEARNED))

@@ -1,6 +1,7 @@
 """The training runner: config -> data -> jitted steps -> checkpoints and metrics -> final evaluation.
 
-Sections: (1) check the config before any compute, (2) build data, model, optimizer and state,
+Sections: (1) check the config before any compute, (2) build data, model, optimizer and state for the
+loss's family (views: `make_train_step`; image-text: `contrastive.train.image_text`),
 (3) resume from the newest readable checkpoint, (4) train with a progress bar, logging and checkpointing,
 stopping cleanly on SIGTERM/SIGINT and on a non-finite loss, (5) evaluate the frozen features.
 """
@@ -22,13 +23,14 @@ from tqdm import tqdm
 
 from contrastive.data import digits, pipeline
 from contrastive.data.augment import AugmentConfig
+from contrastive.models.dual import lock_image_tower
 from contrastive.models.encoders import build_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
-from contrastive.train import final_eval
+from contrastive.train import final_eval, image_text
 from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config
 from contrastive.train.config import ConfigError, flatten
 from contrastive.train.metrics_writer import MetricsWriter
-from contrastive.train.objectives import make_objective
+from contrastive.train.objectives import loss_family, make_image_text_objective, make_objective
 from contrastive.train.optim import build_optimizer, learning_rate_schedule
 from contrastive.train.step import init_state, make_train_step
 
@@ -49,6 +51,20 @@ class Setup:
     augment: AugmentConfig
     objective: object
     tx: object
+    family: str = "views"  # views | image_text, from loss.name
+
+
+@dataclasses.dataclass
+class Built:
+    """What a family builds from the config: the runner trains and evaluates it the same way for all."""
+
+    train_source: object
+    keys: tuple[str, ...]  # batch fields the step reads
+    graphdef: object
+    state: object
+    train_step: object
+    evaluate: object  # state -> results dict (eval.json)
+    format_table: object  # results -> printable table
 
 
 def check_config(config) -> Setup:
@@ -64,8 +80,18 @@ def check_config(config) -> Setup:
         raise ConfigError(f"num_steps must be >= 1, got {config.num_steps}")
     if config.log_every < 1:
         raise ConfigError(f"log_every must be >= 1, got {config.log_every}")
-    objective = make_objective(config.loss, augment.num_views)
-    return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx)
+    family = loss_family(config.loss.name)
+    if family == "image_text":
+        image_text.check(config, augment)
+        objective = make_image_text_objective(config.loss)
+        if config.model.lit.lock_image:
+            tx = lock_image_tower(tx)
+    else:
+        if config.data.name in image_text.DATASETS:
+            raise ConfigError(f"data.name={config.data.name!r} is image-text data, but loss.name="
+                              f"{config.loss.name!r} is a view-based loss; use one of clip, siglip, infoloob")
+        objective = make_objective(config.loss, augment.num_views)
+    return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx, family=family)
 
 
 def max_pixel_value(dataset: str) -> float:
@@ -117,16 +143,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     checkpointer = Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
 
     # (2) Data, model, optimizer, state.
-    train_source = load_split(config, config.data.train_split)
-    batches = pipeline.GlobalBatches(train_source, global_batch_size=config.batch_size, seed=config.seed,
-                                     mesh=setup.mesh, keys=("image", "label"))
-    image_shape = tuple(train_source[0]["image"].shape)
-    model = build_model(config.model, image_shape, seed=config.seed)
-    graphdef, state = init_state(model, setup.tx, config.seed)
-    state = jax.device_put(state, NamedSharding(setup.mesh, P()))
-    pixel_max = max_pixel_value(config.data.name)
-    train_step = make_train_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
-                                 max_pixel_value=pixel_max)
+    built = image_text.build(config, setup, Built) if setup.family == "image_text" else _build_views(config, setup)
+    batches = pipeline.GlobalBatches(built.train_source, global_batch_size=config.batch_size, seed=config.seed,
+                                     mesh=setup.mesh, keys=built.keys)
+    state = jax.device_put(built.state, NamedSharding(setup.mesh, P()))
+    train_step = built.train_step
 
     # (3) Resume.
     restored = checkpointer.restore_latest(abstract_like(state))
@@ -147,13 +168,28 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     if not config.eval.at_end:
         checkpointer.close()
         return {"step": int(state.step)}
-    test_source = load_split(config, config.data.test_split)
-    results = final_eval.evaluate(config, graphdef, state, train_source, test_source, pixel_max)
+    results = built.evaluate(state)
     results["step"] = int(state.step)
     (workdir / "eval.json").write_text(json.dumps(results, indent=2))
-    print(final_eval.format_table(results))
+    print(built.format_table(results))
     checkpointer.close()
     return results
+
+
+def _build_views(config, setup) -> Built:
+    train_source = load_split(config, config.data.train_split)
+    model = build_model(config.model, tuple(train_source[0]["image"].shape), seed=config.seed)
+    graphdef, state = init_state(model, setup.tx, config.seed)
+    pixel_max = max_pixel_value(config.data.name)
+    train_step = make_train_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
+                                 max_pixel_value=pixel_max)
+
+    def evaluate(state):
+        test_source = load_split(config, config.data.test_split)
+        return final_eval.evaluate(config, graphdef, state, train_source, test_source, pixel_max)
+
+    return Built(train_source=train_source, keys=("image", "label"), graphdef=graphdef, state=state,
+                 train_step=train_step, evaluate=evaluate, format_table=final_eval.format_table)
 
 
 def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start):

@@ -1,4 +1,4 @@
-"""The train state and the jitted train step of the view-based (SimCLR-family) methods.
+"""The train state and the jitted train steps: view-based (SimCLR family) and image-text (CLIP family).
 
 The state is one pytree, checkpointed whole. Fields later methods fill in are already part of it:
 `target` for an EMA target network (BYOL, MoCo), `queue` for a FIFO of past keys (MoCo), `buffers` for
@@ -7,6 +7,7 @@ per-sample state indexed by the dataset's `index` field (e.g. iSogCLR temperatur
 Inside the step, the global batch (sharded over the mesh's `data` axis) is augmented, encoded and
 projected under `jax.jit`, which partitions that work over the devices; the loss runs under
 `jax.shard_map`, so each device holds its own rows and the loss gathers the global negatives exactly.
+Both steps share the update (`_apply_gradients`) and the jit with fixed shardings (`_jit_step`).
 """
 
 from __future__ import annotations
@@ -70,12 +71,67 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
             z = model(flat_views).reshape(batch_size, augment.num_views, -1)
             return loss_on_mesh(z, batch["label"])
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return _apply_gradients(state, tx, loss_fn)
 
+    return _jit_step(train_step, mesh)
+
+
+def choose_captions(key: jax.Array, tokens: jax.Array, num_captions: jax.Array) -> jax.Array:
+    """One caption per image, uniformly among its `num_captions` real ones: [B, K, L] -> [B, L].
+
+    Row i draws from `fold_in(key, i)` with i its global position, so the choice does not depend on the
+    sharding; a new step (a new key) draws anew, so every caption of an image is seen over training.
+    """
+    rows = jnp.arange(tokens.shape[0])
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
+    pick = jax.vmap(lambda k, n: jax.random.randint(k, (), 0, n))(keys, num_captions)
+    return tokens[rows, pick]
+
+
+def make_image_text_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective,
+                         augment: AugmentConfig, mesh: jax.sharding.Mesh, *, max_pixel_value: float):
+    """`step(state, batch) -> (state, metrics)` of a dual encoder, jitted, donating the old state.
+
+    `batch` holds `image` [B, H, W, C], `tokens` [B, K, L] (K captions per image, PAD rows after the
+    last real one) and `num_captions` [B]. Each image is augmented once (`augment.num_views` must be 1)
+    and paired with one of its captions drawn anew every step. `metrics` adds the current
+    `logit_scale` (t, not its log) and, when the model has one, `logit_bias` to the loss's metrics.
+    """
+    loss_on_mesh = jax.shard_map(
+        lambda u, v, scale, bias: objective(u, v, scale, bias, axis_name="data"),
+        mesh=mesh, in_specs=(P("data"), P("data"), P(), P()), out_specs=(P(), P()))
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        images = images_to_float(batch["image"], max_pixel_value)
+        batch_size = images.shape[0]
+        key = jax.random.fold_in(state.rng, state.step)
+        image_key, caption_key = jax.random.split(key)
+        images = augment_views(image_key, images, jnp.arange(batch_size), augment)[:, 0]
+        tokens = choose_captions(caption_key, batch["tokens"], batch["num_captions"])
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.model_state)
+            scale, bias = model.logit_scale_and_bias()
+            loss, metrics = loss_on_mesh(model.embed_image(images), model.embed_text(tokens), scale,
+                                         jnp.zeros(()) if bias is None else bias)
+            learned = {"logit_scale": scale} if bias is None else {"logit_scale": scale, "logit_bias": bias}
+            return loss, {**metrics, **learned}
+
+        return _apply_gradients(state, tx, loss_fn)
+
+    return _jit_step(train_step, mesh)
+
+
+def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, loss_fn):
+    """One optimizer update from `loss_fn(params) -> (loss, metrics)`; adds `loss` and `grad_norm`."""
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _jit_step(train_step, mesh: jax.sharding.Mesh):
     # Fixed shardings in and out: the state stays replicated and the next call reuses the compilation.
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     return jax.jit(train_step, in_shardings=(replicated, rows), out_shardings=replicated, donate_argnums=0)

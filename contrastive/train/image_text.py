@@ -1,0 +1,119 @@
+"""The image-text (CLIP-family) pieces of a run: checks, data, tokenizer, dual encoder, step, evaluation.
+
+The runner is family-agnostic: `check` runs with the other config checks before any compute, and
+`build` returns the same `Built` bundle as the view-based family (train source, model state, jitted
+step, final evaluation), so checkpoints, resume, metrics and the progress bar are shared.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from contrastive.data import image_text, pipeline
+from contrastive.data.tokenizer import WordTokenizer
+from contrastive.eval.zero_shot import CLASS_SLOT
+from contrastive.models.dual import build_dual_encoder
+from contrastive.train import final_eval
+from contrastive.train.config import ConfigError
+from contrastive.train.objectives import IMAGE_TEXT_LOSSES
+from contrastive.train.step import init_state, make_image_text_step
+
+
+def check(config, augment) -> None:
+    """Image-text checks that need no data; raises ConfigError naming the key."""
+    try:
+        image_text.check_name(config.data.name)
+    except ValueError as e:
+        raise ConfigError(f"{e} (loss.name={config.loss.name!r} trains a dual encoder on image-text data)") from None
+    if augment.num_views != 1:
+        raise ConfigError(f"image-text losses pair one view of each image with a caption: augment.num_views must "
+                          f"be 1, got {augment.num_views}")
+    templates = tuple(config.eval.zero_shot_templates)
+    no_slot = [t for t in templates if CLASS_SLOT not in t]
+    if not templates or no_slot:
+        raise ConfigError(f"config.eval.zero_shot_templates must each contain the class slot {CLASS_SLOT!r}; "
+                          f"these do not: {no_slot[:3]!r}" if no_slot else
+                          "config.eval.zero_shot_templates is empty")
+    t = config.model.text
+    if t.max_len < 2 or t.max_captions < 1 or t.max_vocab < 4:
+        raise ConfigError(f"model.text needs max_len >= 2, max_captions >= 1 and max_vocab >= 4; got {t.max_len}, "
+                          f"{t.max_captions} and {t.max_vocab}")
+    if t.width % t.num_heads:
+        raise ConfigError(f"model.text.width={t.width} is not divisible by model.text.num_heads={t.num_heads}")
+    init_from = config.model.lit.init_from
+    if init_from and not (pathlib.Path(init_from).expanduser() / "checkpoints").is_dir():
+        raise ConfigError(f"model.lit.init_from={config.model.lit.init_from!r} has no checkpoints/ folder")
+
+
+def zero_shot_prompts(config) -> list[str]:
+    names = image_text.CLASSNAMES.get(config.data.name, ())
+    return [t.replace(CLASS_SLOT, n) for n in names for t in config.eval.zero_shot_templates]
+
+
+def load_split(config, split: str, tokenizer: WordTokenizer | None):
+    """(raw source, captioned source); the captioned one is read into memory with `data.in_memory`."""
+    raw = image_text.tfds_source(config.data.name, split, str(pathlib.Path(config.data.data_dir).expanduser()))
+    if tokenizer is None:
+        return raw, None
+    source = image_text.CaptionedSource(raw, config.data.name, tokenizer, max_captions=config.model.text.max_captions,
+                                        image_size=tuple(config.data.image_size) or None)
+    if config.data.in_memory:
+        source = pipeline.InMemorySource(pipeline.read_all(source, image_text.KEYS))
+    return raw, source
+
+
+def load_image_tower(model, run_dir: str) -> None:
+    """LiT: copy the image encoder of the newest checkpoint of an image-only run into `model.image.encoder`.
+
+    The run must have used the same `model.encoder`, `widths` and `dense`; its state is read as plain
+    arrays (no optimizer needed) and only `params/encoder` is used.
+    """
+    directory = (pathlib.Path(run_dir).expanduser() / "checkpoints").absolute()
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    if not steps:
+        raise ConfigError(f"model.lit.init_from: no checkpoint in {directory}")
+    restored = ocp.StandardCheckpointer().restore(directory / str(steps[-1]) / "state")
+    source = restored["params"]["encoder"]
+    target = nnx.state(model.image.encoder, nnx.Param).to_pure_dict()
+    shapes = jax.tree.map(np.shape, target), jax.tree.map(np.shape, jax.tree.map(np.asarray, source))
+    try:
+        nnx.replace_by_pure_dict(target, jax.tree.map(np.asarray, source))
+        nnx.update(model.image.encoder, target)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"model.lit.init_from: the image encoder of {run_dir} does not match this model's "
+                          f"({type(e).__name__}: {e}); shapes {shapes[1]} vs {shapes[0]}") from None
+    if jax.tree.map(np.shape, nnx.state(model.image.encoder, nnx.Param).to_pure_dict()) != shapes[0]:
+        raise ConfigError(f"model.lit.init_from: the image encoder of {run_dir} has different shapes")
+    print(f"LiT: image encoder initialised from {directory / str(steps[-1])}", file=sys.stderr)
+
+
+def build(config, setup, built_cls):
+    """Data, tokenizer, dual encoder, state and step of an image-text run, as a `built_cls` bundle."""
+    raw_train, _ = load_split(config, config.data.train_split, None)
+    t = config.model.text
+    tokenizer = image_text.build_tokenizer(config.data.name, raw_train, max_len=t.max_len, max_vocab=t.max_vocab,
+                                           num_examples=t.vocab_examples, extra_texts=zero_shot_prompts(config))
+    _, train_source = load_split(config, config.data.train_split, tokenizer)
+    image_shape = tuple(train_source[0]["image"].shape)
+    model = build_dual_encoder(config.model, image_shape, tokenizer.vocab_size, seed=config.seed,
+                               with_bias=IMAGE_TEXT_LOSSES[config.loss.name])
+    if config.model.lit.init_from:
+        load_image_tower(model, config.model.lit.init_from)
+    graphdef, state = init_state(model, setup.tx, config.seed)
+    pixel_max = 16.0 if config.data.name == "digits_captions" else 255.0
+    step = make_image_text_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
+                                max_pixel_value=pixel_max)
+
+    def evaluate(state):
+        _, test_source = load_split(config, config.data.test_split, tokenizer)
+        return final_eval.evaluate_image_text(config, graphdef, state, train_source, test_source, tokenizer,
+                                              image_text.CLASSNAMES.get(config.data.name), pixel_max)
+
+    return built_cls(train_source=train_source, keys=("image", "tokens", "num_captions"), graphdef=graphdef,
+                     state=state, train_step=step, evaluate=evaluate, format_table=final_eval.format_image_text_table)
