@@ -37,6 +37,10 @@ from contrastive.losses.core import (
     row_offset,
     similarity,
 )
+from contrastive.losses.streamed import cross_modal_meta, keys_for, pair_metric_terms, streamed_metrics
+from contrastive.parallel.ring import as_varying as as_varying_tree
+from contrastive.parallel.ring import ring_row_losses
+from contrastive.parallel.tiled import SUM, check_chunk_size
 
 Array = jax.Array
 STRATEGIES = ("ring", "all_gather")
@@ -169,6 +173,31 @@ def _siglip_ring(image, text, scale, bias, axis_name):
     return loss_sum / n, metrics
 
 
+def sigmoid_block_terms(image, image_meta, text, text_meta, params):
+    """One tile of the sigmoid loss as row sums (``contrastive.parallel.tiled`` format)."""
+    positive_mask = image_meta[0][:, None] == text_meta[0][None, :]
+    sim = similarity(image, text)
+    pair_losses = jax.nn.softplus(-pair_labels(positive_mask) * (params["scale"] * sim + params["bias"]))
+    loss_terms = {SUM: {"loss": (pair_losses, jnp.ones_like(positive_mask))}}
+    return loss_terms, {}, pair_metric_terms(sim, positive_mask, ~positive_mask)
+
+
+def _siglip_tiled(image, text, scale, bias, axis_name, strategy, chunk_size):
+    """The ring (or gathered texts) in chunk_size x chunk_size tiles: no b_local x b_local block either."""
+    check_chunk_size(chunk_size, rows=image.shape[0])
+    b = image.shape[0]
+    impl = "ring" if strategy == "ring" else "gather"
+    text, text_meta, ring_axis = keys_for(impl, text, cross_modal_meta(b, 1, axis_name), axis_name)
+    params = {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
+    params = as_varying_tree(params, axis_name)
+    row_losses, _, metric_totals = ring_row_losses(
+        sigmoid_block_terms, lambda totals, _: totals[SUM]["loss"], ring_axis, chunk_size,
+        image, cross_modal_meta(b, 0, axis_name), text, text_meta, params, None,
+    )
+    n = b * num_devices(axis_name)
+    return global_sum(jnp.sum(row_losses), axis_name) / n, streamed_metrics(metric_totals, axis_name)
+
+
 def _siglip_all_gather(image, text, scale, bias, axis_name):
     global_text = gather_rows(text, axis_name)
     sim = similarity(image, global_text)
@@ -188,6 +217,7 @@ def siglip(
     logit_bias,
     axis_name: str | None = None,
     strategy: str = "ring",
+    chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """SigLIP sigmoid loss of the global batch (sum over all N^2 pairs, divided by N).
 
@@ -197,6 +227,8 @@ def siglip(
       logit_bias: b added to every logit (SigLIP initialises it at -10).
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
       strategy: "ring" (ppermute ring with a custom VJP, never gathers) or "all_gather" (reference).
+      chunk_size: if set, also tile each block into chunk_size x chunk_size tiles (either strategy; the
+        generic ``contrastive.parallel.ring`` machinery); must divide the local rows.
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` (mean dot product of matched / unmatched pairs)
@@ -212,5 +244,7 @@ def siglip(
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if jnp.ndim(logit_scale) != 0:
         raise ValueError(f"logit_scale must be a scalar, got shape {jnp.shape(logit_scale)}")
+    if chunk_size is not None:
+        return _siglip_tiled(image, text, logit_scale, logit_bias, axis_name, strategy, chunk_size)
     impl = _siglip_ring if strategy == "ring" else _siglip_all_gather
     return impl(image, text, logit_scale, logit_bias, axis_name)

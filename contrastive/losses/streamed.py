@@ -101,12 +101,16 @@ def softmax_block_terms(queries, query_meta, keys, key_meta, params, *, variants
     if variants.false_negative_prior:
         lse["floor"] = (jnp.broadcast_to(min_similarity * scale, sim.shape), neg)
     loss_terms = {LSE: lse, SUM: {"pos_logit": (pos_logits, pos), "num_pos": (ones, pos), "num_neg": (ones, neg)}}
-    sim = jax.lax.stop_gradient(sim)
-    metric_terms = {
+    return loss_terms, loss_terms if symmetric else {}, pair_metric_terms(sim, pos, neg)
+
+
+def pair_metric_terms(sim, pos, neg):
+    """Metric terms of one tile: the sums and maxima behind :func:`streamed_metrics`."""
+    sim, ones = jax.lax.stop_gradient(sim), jnp.ones_like(sim)
+    return {
         SUM: {"pos": (sim, pos), "num_pos": (ones, pos), "neg": (sim, neg), "num_neg": (ones, neg)},
         MAX: {"best_pos": (sim, pos), "best_neg": (sim, neg)},
     }
-    return loss_terms, loss_terms if symmetric else {}, metric_terms
 
 
 def finalize_rows(totals, positive_weight, *, positives_in_denominator: bool, variants: Variants):
@@ -147,6 +151,14 @@ def streamed_metrics(metric_totals, axis_name: str | None) -> dict[str, Array]:
 
 
 # ----------------------------------------------------------------------------------------- entry point
+def keys_for(impl: str, keys: Array, key_meta, axis_name: str | None):
+    """(keys, key_meta, ring axis): the local block to pass around the ring, or the gathered batch."""
+    if impl == "ring" or axis_name is None:
+        return keys, key_meta, axis_name
+    # Gathered keys are O(B d), small; their gradient goes home through all_gather's transpose.
+    return gather_rows(keys, axis_name), jax.tree.map(lambda m: gather_rows(m, axis_name), key_meta), None
+
+
 def streamed_softmax_xent(
     queries: Array,
     query_meta,
@@ -171,13 +183,9 @@ def streamed_softmax_xent(
     ``symmetric`` also returns the keys' own losses from the same tiles (the keys must not be gathered).
     """
     check_chunk_size(chunk_size, anchor_rows=queries.shape[0], candidate_rows=keys.shape[0])
-    ring_axis = axis_name
-    if impl == "gather" and axis_name is not None:
-        if symmetric:
-            raise ValueError("symmetric streamed losses need impl='ring' when the batch is sharded")
-        keys = gather_rows(keys, axis_name)
-        key_meta = jax.tree.map(lambda m: gather_rows(m, axis_name), key_meta)
-        ring_axis = None
+    if impl == "gather" and axis_name is not None and symmetric:
+        raise ValueError("symmetric streamed losses need impl='ring' when the batch is sharded")
+    keys, key_meta, ring_axis = keys_for(impl, keys, key_meta, axis_name)
     block_fn = functools.partial(
         softmax_block_terms, variants=variants, min_similarity=min_similarity, symmetric=symmetric
     )

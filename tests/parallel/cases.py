@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from contrastive.losses import clip, dcl, infoloob, nt_xent, supcon
+from contrastive.losses import clip, dcl, infoloob, nt_xent, siglip, supcon
 from tests.losses.helpers import D, N, random_embeddings, unit_rows
 
 
@@ -41,6 +41,10 @@ def supcon_positional(z, temperature, labels, **kw):
     return supcon(z, labels, temperature=temperature, **kw)
 
 
+def siglip_positional(image, text, logit_scale, logit_bias, **kw):
+    return siglip(image, text, logit_scale=logit_scale, logit_bias=logit_bias, **kw)
+
+
 def _two_views(seed):
     return random_embeddings(seed, N, D), random_embeddings(seed + 1, N, D)
 
@@ -55,6 +59,7 @@ CASES = {
     "nt_xent_variants": (nt_xent_variants, 3, (*_two_views(2), np.float32(0.3))),
     "clip": (clip_positional, 3, (*_pair(4), np.float32(5.0))),
     "infoloob": (infoloob_positional, 3, (*_pair(6), np.float32(4.0))),
+    "siglip": (siglip_positional, 4, (*_pair(12), np.float32(10.0), np.float32(-5.0))),
     "dclw": (dclw_positional, 3, (*_two_views(8), np.float32(0.5))),
     "supcon": (
         supcon_positional,

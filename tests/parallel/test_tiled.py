@@ -57,3 +57,13 @@ def test_bad_chunk_size_raises(chunk_size):
         clip(x, x, logit_scale=5.0, chunk_size=chunk_size)
     with pytest.raises(ValueError, match="chunk_size"):
         nt_xent(x, x, temperature=0.5, impl="ring", chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize(
+    "distributed, strategy",
+    [(False, "ring"), (True, "ring"), pytest.param(True, "all_gather", marks=pytest.mark.slow)],
+)
+def test_siglip_tiles_equal_the_dense_ring(distributed, strategy):
+    loss_fn, num_diff, args = CASES["siglip"]
+    tiled = value_and_grad(loss_fn, num_diff, distributed=distributed, strategy=strategy, chunk_size=2)(*args)
+    assert_trees_close(tiled, reference("siglip"))
