@@ -9,5 +9,5 @@ from configs import common
 def get_config(arg: str | None = None):
     del arg
     c = common.image_text_config("infoloob")
-    c.num_steps = 300
+    c.num_steps = 200
     return c
