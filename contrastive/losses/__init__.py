@@ -2,6 +2,8 @@
 
 Every softmax-family loss is a parameterisation of ``core.softmax_xent_rows`` (masks, per-pair scales,
 positive weights and ``core.Variants``); ``siglip`` is a ring of ppermutes with a custom VJP.
+With ``impl='ring'`` and/or ``chunk_size`` the softmax losses stream their row totals over key blocks and
+tiles instead (``losses.streamed`` on ``contrastive.parallel.ring``), never holding a b_local x B block.
 """
 
 from contrastive.losses.clip import clip
