@@ -79,18 +79,25 @@ def load_image_tower(model, run_dir: str) -> None:
     if not steps:
         raise ConfigError(f"model.lit.init_from: no checkpoint in {directory}")
     restored = ocp.StandardCheckpointer().restore(directory / str(steps[-1]) / "state")
-    source = restored["params"]["encoder"]
-    target = nnx.state(model.image.encoder, nnx.Param).to_pure_dict()
-    shapes = jax.tree.map(np.shape, target), jax.tree.map(np.shape, jax.tree.map(np.asarray, source))
-    try:
-        nnx.replace_by_pure_dict(target, jax.tree.map(np.asarray, source))
-        nnx.update(model.image.encoder, target)
-    except (KeyError, ValueError, TypeError) as e:
-        raise ConfigError(f"model.lit.init_from: the image encoder of {run_dir} does not match this model's "
-                          f"({type(e).__name__}: {e}); shapes {shapes[1]} vs {shapes[0]}") from None
-    if jax.tree.map(np.shape, nnx.state(model.image.encoder, nnx.Param).to_pure_dict()) != shapes[0]:
-        raise ConfigError(f"model.lit.init_from: the image encoder of {run_dir} has different shapes")
+    source = _pure_arrays(restored["params"]["encoder"])
+    target = nnx.state(model.image.encoder, nnx.Param)
+    want, got = (jax.tree.map(np.shape, t) for t in (target.to_pure_dict(), source))
+    if want != got:
+        raise ConfigError(f"model.lit.init_from: the image encoder of {run_dir} has parameters {got}, this model "
+                          f"{want}; use the same model.encoder, widths and dense as that run")
+    nnx.replace_by_pure_dict(target, source)
+    nnx.update(model.image.encoder, target)
     print(f"LiT: image encoder initialised from {directory / str(steps[-1])}", file=sys.stderr)
+
+
+def _pure_arrays(tree):
+    """A raw orbax tree of nnx parameters as `State.to_pure_dict()` has it: list indices as ints, and each
+    Variable's {'value': array} as the array."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"}:
+            return np.asarray(tree["value"])
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: _pure_arrays(v) for k, v in tree.items()}
+    return np.asarray(tree)
 
 
 def build(config, setup, built_cls):

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from contrastive.data import digits, pipeline
 from contrastive.data.augment import AugmentConfig
+from contrastive.data.image_text import DATASETS as IMAGE_TEXT_DATASETS
 from contrastive.models.dual import lock_image_tower
 from contrastive.models.encoders import build_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
@@ -87,7 +88,7 @@ def check_config(config) -> Setup:
         if config.model.lit.lock_image:
             tx = lock_image_tower(tx)
     else:
-        if config.data.name in image_text.DATASETS:
+        if config.data.name in IMAGE_TEXT_DATASETS:
             raise ConfigError(f"data.name={config.data.name!r} is image-text data, but loss.name="
                               f"{config.loss.name!r} is a view-based loss; use one of clip, siglip, infoloob")
         objective = make_objective(config.loss, augment.num_views)
