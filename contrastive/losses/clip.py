@@ -32,7 +32,7 @@ from contrastive.losses.core import (
     softmax_xent_rows,
 )
 from contrastive.losses.pairs import cross_modal_pairs
-from contrastive.losses.streamed import check_impl, cross_modal_xent
+from contrastive.losses.streamed import cross_modal_xent, resolve_impl
 
 Array = jax.Array
 
@@ -45,7 +45,7 @@ def symmetric_cross_modal_loss(
     axis_name: str | None,
     positives_in_denominator: bool,
     variants: Variants,
-    impl: str = "gather",
+    impl: str = "auto",
     chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """``(L_i2t + L_t2i) / 2`` on the shared core; shared by CLIP and InfoLOOB."""
@@ -53,7 +53,10 @@ def symmetric_cross_modal_loss(
     check_rank("text", text, 2)
     check_same_shape("image", image, "text", text)
     check_positive("logit_scale", logit_scale)
-    if check_impl(impl, chunk_size, variants, logit_scale):
+    impl, chunk_size, streamed = resolve_impl(
+        impl, chunk_size, local_rows=image.shape[0], axis_name=axis_name, variants=variants, scale=logit_scale
+    )
+    if streamed:
         return _streamed_symmetric(
             image, text, logit_scale, axis_name, impl, chunk_size,
             positives_in_denominator=positives_in_denominator, variants=variants,
@@ -103,7 +106,7 @@ def clip(
     hardness_concentration: float = 0.0,
     hardness_weight: float = 0.0,
     hardest_negatives: int | None = None,
-    impl: str = "gather",
+    impl: str = "auto",
     chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Symmetric CLIP/ALIGN InfoNCE of the global batch.
@@ -114,10 +117,16 @@ def clip(
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
       additive_margin, angular_margin, false_negative_prior, hardness_concentration,
         hardness_weight, hardest_negatives: variants, see ``contrastive.losses.core.Variants``.
-      impl: "gather" (all-gather the keys, dense b x B logits; the reference) or "ring" (pass key blocks
-        around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see ``losses.streamed``).
-      chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (either impl);
-        must divide the local anchor rows. ``hardest_negatives`` needs ``impl='gather'``, no chunks.
+      impl: "auto" (default), "gather" (all-gather the keys, dense b x B logits; the reference) or "ring"
+        (pass key blocks around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see
+        ``losses.streamed``). "auto" decides at trace time from the static shapes
+        (``streamed.auto_impl``): "gather" without chunks below 4,096 global rows (here N; the benchmark
+        in experiments/results/loss_memory.md measured gather as fast up to B = 1,024 and the
+        streamed paths 1.5-3.5x faster from 4,096), with ``hardest_negatives`` or a non-scalar
+        logit_scale; otherwise "ring" when ``axis_name`` is set, else tiles of up to 512 rows.
+      chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (any impl; kept
+        as given by "auto"); must divide the local anchor rows. ``hardest_negatives`` needs
+        ``impl='gather'``, no chunks.
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` (mean dot product of matched / unmatched pairs)

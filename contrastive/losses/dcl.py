@@ -37,7 +37,7 @@ from contrastive.losses.core import (
     softmax_xent_rows,
 )
 from contrastive.losses.pairs import multi_view_pairs
-from contrastive.losses.streamed import check_impl, multi_view_xent
+from contrastive.losses.streamed import multi_view_xent, resolve_impl
 
 Array = jax.Array
 
@@ -64,7 +64,7 @@ def dcl(
     weighted: bool = False,
     sigma=0.5,
     axis_name: str | None = None,
-    impl: str = "gather",
+    impl: str = "auto",
     chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """DCL (or DCLW with ``weighted=True``) loss of the global batch, mean over the 2N anchors.
@@ -75,8 +75,10 @@ def dcl(
       weighted: use the DCLW positive weights.
       sigma: > 0, the DCLW weighting temperature.
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
-      impl, chunk_size: "gather" (reference) or "ring" (ppermute ring, online log-sum-exp), and an optional
-        tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
+      impl, chunk_size: "auto" (default), "gather" (reference) or "ring" (ppermute ring, online
+        log-sum-exp), and an optional tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
+        "auto" picks dense "gather" below 4,096 global rows (here 2N), else "ring" when sharded
+        or tiles of up to 512 rows on one device (``streamed.auto_impl``).
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` and ``top1_acc`` as in ``nt_xent``.
@@ -88,7 +90,10 @@ def dcl(
     if weighted:
         check_positive("sigma", sigma)
     scale = 1.0 / jnp.asarray(temperature)
-    if check_impl(impl, chunk_size, scale=scale):
+    impl, chunk_size, streamed = resolve_impl(
+        impl, chunk_size, local_rows=2 * z1.shape[0], axis_name=axis_name, scale=scale
+    )
+    if streamed:
         # The positive pair of anchor (v, i) is (1 - v, i), on the same device: its weight is local.
         weight = None
         if weighted:

@@ -32,7 +32,7 @@ def infoloob(
     *,
     logit_scale,
     axis_name: str | None = None,
-    impl: str = "gather",
+    impl: str = "auto",
     chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Symmetric InfoLOOB loss of the global batch.
@@ -41,8 +41,10 @@ def infoloob(
       image, text: [b, D] this device's paired embeddings (plain dot products, no normalisation).
       logit_scale: t > 0 multiplying the dot products (1 / tau of the paper).
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
-      impl, chunk_size: "gather" (reference) or "ring" (ppermute ring, online log-sum-exp), and an optional
-        tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
+      impl, chunk_size: "auto" (default), "gather" (reference) or "ring" (ppermute ring, online
+        log-sum-exp), and an optional tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
+        "auto" picks dense "gather" below 4,096 global rows (here N, per direction), else "ring"
+        when sharded or tiles of up to 512 rows on one device (``streamed.auto_impl``).
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` and ``top1_acc`` as in ``clip``.

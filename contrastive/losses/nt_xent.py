@@ -31,7 +31,7 @@ from contrastive.losses.core import (
     softmax_xent_rows,
 )
 from contrastive.losses.pairs import multi_view_pairs
-from contrastive.losses.streamed import check_impl, multi_view_xent
+from contrastive.losses.streamed import multi_view_xent, resolve_impl
 
 Array = jax.Array
 
@@ -48,7 +48,7 @@ def nt_xent(
     hardness_concentration: float = 0.0,
     hardness_weight: float = 0.0,
     hardest_negatives: int | None = None,
-    impl: str = "gather",
+    impl: str = "auto",
     chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """SimCLR NT-Xent loss of the global batch (mean over the 2N anchors).
@@ -59,10 +59,16 @@ def nt_xent(
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
       additive_margin, angular_margin, false_negative_prior, hardness_concentration,
         hardness_weight, hardest_negatives: variants, see ``contrastive.losses.core.Variants``.
-      impl: "gather" (all-gather the keys, dense b x B logits; the reference) or "ring" (pass key blocks
-        around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see ``losses.streamed``).
-      chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (either impl);
-        must divide the local anchor rows. ``hardest_negatives`` needs ``impl='gather'``, no chunks.
+      impl: "auto" (default), "gather" (all-gather the keys, dense b x B logits; the reference) or "ring"
+        (pass key blocks around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see
+        ``losses.streamed``). "auto" decides at trace time from the static shapes
+        (``streamed.auto_impl``): "gather" without chunks below 4,096 global rows (here 2N; the
+        benchmark in experiments/results/loss_memory.md measured gather as fast up to B = 1,024 and the
+        streamed paths 1.5-3.5x faster from 4,096), with ``hardest_negatives`` or a non-scalar
+        temperature; otherwise "ring" when ``axis_name`` is set, else tiles of up to 512 rows.
+      chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (any impl; kept
+        as given by "auto"); must divide the local anchor rows. ``hardest_negatives`` needs
+        ``impl='gather'``, no chunks.
 
     Returns:
       (loss, metrics): float32 scalar, and ``pos_sim`` / ``neg_sim`` (mean cosine of positive /
@@ -82,7 +88,10 @@ def nt_xent(
         hardest_negatives=hardest_negatives,
     )
     scale = 1.0 / jnp.asarray(temperature)
-    if check_impl(impl, chunk_size, variants, scale):
+    impl, chunk_size, streamed = resolve_impl(
+        impl, chunk_size, local_rows=2 * z1.shape[0], axis_name=axis_name, variants=variants, scale=scale
+    )
+    if streamed:
         per_anchor, metrics = multi_view_xent(
             jnp.stack([z1, z2], axis=1), None, scale=scale, axis_name=axis_name, impl=impl,
             chunk_size=chunk_size, variants=variants,

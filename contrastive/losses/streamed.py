@@ -36,6 +36,7 @@ from contrastive.losses.core import (
     global_sum,
     l2_normalize,
     margin_similarity,
+    num_devices,
     row_offset,
     similarity,
 )
@@ -43,12 +44,61 @@ from contrastive.parallel.ring import as_varying, ring_row_losses
 from contrastive.parallel.tiled import LSE, MAX, SUM, check_chunk_size
 
 Array = jax.Array
-IMPLS = ("gather", "ring")
+IMPLS = ("auto", "gather", "ring")
+
+# impl='auto' (the default of the softmax losses) at trace time, from static shapes. Measured in
+# experiments/results/loss_memory.md (CLIP forward + backward, d = 128, 2 CPU cores, tiles of 512):
+# at B = 1,024 global candidate rows gather and ring/tiled take the same time (0.109 s vs 0.096 s tiled
+# on 1 device, 0.087 s vs 0.084 s ring on 8); from B = 4,096 on the streamed paths are 1.5-1.9x faster
+# (1 device: 1.54 s vs 0.99 s; 8 devices: 1.40 s vs 0.73 s ring) and 3.5x at 16,384, while gather's peak
+# grows as b_local x B (8.47 GiB at 16,384 vs 0.37 GiB tiled). B = 2,048 was not measured, so the
+# dense reference path is kept below 4,096 (its b_local x B logits are then at most 16 M floats).
+AUTO_MIN_GLOBAL_ROWS = 4096
+AUTO_MAX_TILE = 512  # the benchmark's tile: 98% of the measured matmul FLOP/s at B = 16,384
+AUTO_MIN_TILE = 128  # smaller tiles are mostly loop overhead; then no tiling (or gather on 1 device)
+
+
+def auto_chunk_size(rows: int) -> int | None:
+    """The tile ``impl='auto'`` uses for ``rows`` local rows, or None (one block: no tiling).
+
+    The largest power of two in [AUTO_MIN_TILE, AUTO_MAX_TILE] dividing ``rows``, else the largest
+    divisor in that range; None when there is none or the block is no larger than one tile.
+    """
+    if rows <= AUTO_MAX_TILE:
+        return None
+    tiles = [t for t in range(AUTO_MAX_TILE, AUTO_MIN_TILE - 1, -1) if rows % t == 0]
+    powers_of_two = [t for t in tiles if t & (t - 1) == 0]
+    return (powers_of_two or tiles or [None])[0]
+
+
+def auto_impl(
+    local_rows: int, axis_size: int, *, sharded: bool, whole_rows: bool = False, scalar_scale: bool = True
+) -> tuple[str, int | None]:
+    """(impl, chunk_size) that ``impl='auto'`` resolves to; pure Python on static shapes.
+
+    Args:
+      local_rows: this device's candidate (key) rows, e.g. 2b for nt_xent, b for clip, b V for supcon.
+      axis_size: size of the sharded axis (1 without one); global rows = local_rows x axis_size.
+      sharded: whether the loss runs with an ``axis_name``.
+      whole_rows: a variant needs the whole row of logits (``hardest_negatives``).
+      scalar_scale: whether the temperature / logit scale is a scalar (the streamed paths need one).
+
+    Rule: ``('gather', None)`` (dense b_local x B logits, the reference) when a variant needs whole rows,
+    the scale is not a scalar, or the global rows are fewer than ``AUTO_MIN_GLOBAL_ROWS`` (4,096; where
+    the benchmark measured the streamed paths faster, see the comment above). Otherwise, sharded:
+    ``('ring', auto_chunk_size(local_rows))`` (b x b blocks around the ring, tiled when the local block
+    is larger than one tile); one device: ``('gather', auto_chunk_size(local_rows))`` (the tiled path),
+    or the dense path when no tile divides the rows.
+    """
+    if whole_rows or not scalar_scale or local_rows * axis_size < AUTO_MIN_GLOBAL_ROWS:
+        return "gather", None
+    chunk = auto_chunk_size(local_rows)
+    return ("ring" if sharded else "gather"), chunk
 
 
 def check_impl(impl: str, chunk_size, variants: Variants = PLAIN, scale=1.0) -> bool:
-    """Validate ``impl`` / ``chunk_size``; True when the streamed (ring or tiled) path is asked for."""
-    if impl not in IMPLS:
+    """Validate a resolved ``impl`` / ``chunk_size``; True when the streamed (ring or tiled) path is asked for."""
+    if impl not in IMPLS or impl == "auto":
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     check_chunk_size(chunk_size)
     streamed = impl == "ring" or chunk_size is not None
@@ -60,6 +110,28 @@ def check_impl(impl: str, chunk_size, variants: Variants = PLAIN, scale=1.0) -> 
     if streamed and jnp.ndim(scale) != 0:
         raise ValueError(f"the ring/tiled paths need a scalar temperature / logit_scale, got shape {jnp.shape(scale)}")
     return streamed
+
+
+def resolve_impl(
+    impl: str, chunk_size, *, local_rows: int, axis_name: str | None, variants: Variants = PLAIN, scale=1.0
+) -> tuple[str, int | None, bool]:
+    """(impl, chunk_size, streamed) of a softmax loss, validated; resolves ``impl='auto'`` (trace time).
+
+    ``'gather'`` and ``'ring'`` are returned as given. ``'auto'`` picks the impl by :func:`auto_impl`
+    from ``local_rows``, the axis size, ``variants`` and the shape of ``scale``; an explicit
+    ``chunk_size`` is kept, otherwise auto's tile is used.
+    """
+    if impl == "auto":
+        check_chunk_size(chunk_size)
+        impl, auto_chunk = auto_impl(
+            local_rows,
+            num_devices(axis_name),
+            sharded=axis_name is not None,
+            whole_rows=variants.hardest_negatives is not None,
+            scalar_scale=jnp.ndim(scale) == 0,
+        )
+        chunk_size = auto_chunk if chunk_size is None else chunk_size
+    return impl, chunk_size, check_impl(impl, chunk_size, variants, scale)
 
 
 # ----------------------------------------------------------------------------------------- metadata

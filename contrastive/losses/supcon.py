@@ -28,7 +28,7 @@ from contrastive.losses.core import (
     softmax_xent_rows,
 )
 from contrastive.losses.pairs import multi_view_pairs
-from contrastive.losses.streamed import check_impl, multi_view_xent
+from contrastive.losses.streamed import multi_view_xent, resolve_impl
 
 Array = jax.Array
 
@@ -39,7 +39,7 @@ def supcon(
     *,
     temperature,
     axis_name: str | None = None,
-    impl: str = "gather",
+    impl: str = "auto",
     chunk_size: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """SupCon L_out of the global batch, mean over the N * V anchor views.
@@ -49,8 +49,10 @@ def supcon(
       labels: [b] integer class labels of this device's samples.
       temperature: tau > 0; similarities are divided by it.
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
-      impl, chunk_size: "gather" (reference) or "ring" (ppermute ring, online log-sum-exp), and an optional
-        tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
+      impl, chunk_size: "auto" (default), "gather" (reference) or "ring" (ppermute ring, online
+        log-sum-exp), and an optional tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
+        "auto" picks dense "gather" below 4,096 global rows (here N V), else "ring" when sharded
+        or tiles of up to 512 rows on one device (``streamed.auto_impl``).
 
     Returns:
       (loss, metrics) with ``pos_sim`` / ``neg_sim`` (mean cosine of same-label / different-label
@@ -66,7 +68,9 @@ def supcon(
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
     scale = 1.0 / jnp.asarray(temperature)
-    if check_impl(impl, chunk_size, scale=scale):
+    rows = z.shape[0] * z.shape[1]
+    impl, chunk_size, streamed = resolve_impl(impl, chunk_size, local_rows=rows, axis_name=axis_name, scale=scale)
+    if streamed:
         per_anchor, metrics = multi_view_xent(
             z, labels, scale=scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size
         )

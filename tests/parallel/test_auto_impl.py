@@ -1,0 +1,147 @@
+"""impl='auto' (the default of the softmax losses): the resolution rule, and auto == gather where it streams."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from contrastive.losses import clip, nt_xent, streamed, supcon
+from contrastive.losses.core import Variants
+from contrastive.losses.streamed import auto_chunk_size, auto_impl, resolve_impl
+from tests.losses.helpers import assert_trees_close, data_mesh, random_embeddings, unit_rows, value_and_grad
+from tests.parallel.cases import CASES, clip_positional, nt_xent_positional
+
+
+# ----------------------------------------------------------------------------------------- the rule
+@pytest.mark.parametrize(
+    "local_rows, axis_size, sharded, expected",
+    [
+        (32, 1, False, ("gather", None)),  # tiny: dense reference
+        (2048, 1, False, ("gather", None)),  # below 4,096 global rows
+        (4095, 1, False, ("gather", None)),
+        (4096, 1, False, ("gather", 512)),  # one device: tiled
+        (16384, 1, False, ("gather", 512)),
+        (4224, 1, False, ("gather", 128)),  # 4224 = 33 x 128: largest power of two in [128, 512]
+        (4500, 1, False, ("gather", 500)),  # no power of two in range divides: largest divisor
+        (4099, 1, False, ("gather", None)),  # prime: no tile, the dense path
+        (128, 8, True, ("gather", None)),  # B = 1,024 on 8 devices
+        (511, 8, True, ("gather", None)),  # 4,088 rows
+        (512, 8, True, ("ring", None)),  # B = 4,096: ring, the local block is one tile
+        (4096, 8, True, ("ring", 512)),  # large local blocks are tiled too
+        (4099, 8, True, ("ring", None)),  # no tile divides: plain b x b ring blocks
+        (4096, 1, True, ("ring", 512)),  # an axis of size 1 still takes the ring
+    ],
+)
+def test_auto_rule(local_rows, axis_size, sharded, expected):
+    assert auto_impl(local_rows, axis_size, sharded=sharded) == expected
+
+
+@pytest.mark.parametrize("kwargs", [{"whole_rows": True}, {"scalar_scale": False}])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_auto_rule_needs_dense_rows(kwargs, sharded):
+    assert auto_impl(16384, 8 if sharded else 1, sharded=sharded, **kwargs) == ("gather", None)
+
+
+def test_auto_chunk_size():
+    assert auto_chunk_size(512) is None and auto_chunk_size(96) is None  # one tile already
+    assert auto_chunk_size(1024) == 512 and auto_chunk_size(768) == 256 and auto_chunk_size(640) == 128
+    assert auto_chunk_size(1000) == 500 and auto_chunk_size(1021) is None
+
+
+def test_explicit_impl_and_chunk_size_are_kept():
+    big = {"local_rows": 16384, "axis_name": None}
+    assert resolve_impl("gather", None, **big) == ("gather", None, False)
+    assert resolve_impl("ring", None, **big) == ("ring", None, True)
+    assert resolve_impl("gather", 64, local_rows=64, axis_name=None) == ("gather", 64, True)
+    assert resolve_impl("auto", 256, **big) == ("gather", 256, True)  # explicit chunk kept
+    assert resolve_impl("auto", 8, local_rows=16, axis_name=None) == ("gather", 8, True)  # small: still tiled
+    assert resolve_impl("auto", None, **big, variants=Variants(hardest_negatives=2)) == ("gather", None, False)
+    assert resolve_impl("auto", None, **big, scale=jnp.ones((16384, 1))) == ("gather", None, False)
+    with pytest.raises(ValueError, match="impl"):
+        resolve_impl("rings", None, **big)
+    with pytest.raises(ValueError, match="hardest_negatives"):
+        resolve_impl("auto", 256, **big, variants=Variants(hardest_negatives=2))
+
+
+def _jaxpr(loss, *shapes, distributed, **kw):
+    args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    f = lambda *a: loss(*a, **kw)[0]
+    if distributed:
+        f = jax.shard_map(
+            lambda *a: loss(*a, axis_name="data", **kw)[0], mesh=data_mesh(), in_specs=jax.P("data"), out_specs=jax.P()
+        )
+    return str(jax.make_jaxpr(f)(*args))
+
+
+@pytest.mark.parametrize("batch, streams", [(1024, False), (4096, True)])
+def test_default_resolves_by_global_rows_when_sharded(batch, streams):
+    jaxpr = _jaxpr(clip, (batch, 16), (batch, 16), distributed=True, logit_scale=5.0)
+    assert ("ppermute" in jaxpr) == streams
+    assert ("all_gather" in jaxpr) != streams
+
+
+@pytest.mark.parametrize("pairs, streams", [(1024, False), (2048, True)])  # 2N = 2,048 / 4,096 rows
+def test_default_resolves_by_global_rows_on_one_device(pairs, streams):
+    jaxpr = _jaxpr(nt_xent, (pairs, 16), (pairs, 16), distributed=False, temperature=0.5)
+    assert ("scan" in jaxpr or "while" in jaxpr) == streams
+
+
+def test_hardest_negatives_keep_the_dense_path():
+    jaxpr = _jaxpr(clip, (4096, 16), (4096, 16), distributed=True, logit_scale=5.0, hardest_negatives=2)
+    assert "all_gather" in jaxpr and "ppermute" not in jaxpr
+
+
+# ----------------------------------------------------------------------------------------- auto == gather
+def test_auto_on_one_device_equals_gather_where_it_tiles():
+    z1, z2 = random_embeddings(20, 2048, 8), random_embeddings(21, 2048, 8)  # 4,096 rows: tiles of 512
+    args = (z1, z2, np.float32(0.5))
+    assert auto_impl(2 * 2048, 1, sharded=False) == ("gather", 512)
+    auto = value_and_grad(nt_xent_positional, 3)(*args)
+    gather = value_and_grad(nt_xent_positional, 3, impl="gather")(*args)
+    assert_trees_close(auto, gather, rtol=1e-4, atol=1e-7)
+
+
+def test_auto_on_eight_devices_equals_gather_where_it_rings():
+    x, y = unit_rows(random_embeddings(22, 4096, 8)), unit_rows(random_embeddings(23, 4096, 8))
+    args = (x, y, np.float32(5.0))
+    assert auto_impl(4096 // 8, 8, sharded=True) == ("ring", None)
+    auto = value_and_grad(clip_positional, 3, distributed=True)(*args)
+    gather = value_and_grad(clip_positional, 3, distributed=True, impl="gather")(*args)
+    assert_trees_close(auto, gather, rtol=1e-4, atol=1e-7)
+
+
+def _supcon_small_tiles(z, temperature, labels, **kw):
+    return supcon(z, labels, temperature=temperature, **kw)
+
+
+def test_auto_ring_with_tiles_equals_gather(monkeypatch):
+    """Large local blocks (ring + tiles), at test size: thresholds lowered so that 16 x 3 rows tile."""
+    monkeypatch.setattr(streamed, "AUTO_MIN_GLOBAL_ROWS", 32)
+    monkeypatch.setattr(streamed, "AUTO_MAX_TILE", 4)
+    monkeypatch.setattr(streamed, "AUTO_MIN_TILE", 2)
+    assert auto_impl(2 * 3, 8, sharded=True) == ("ring", 2)
+    _, num_diff, args = CASES["supcon"]
+    jaxpr = _jaxpr_supcon(*args)
+    assert "ppermute" in jaxpr and "all_gather" not in jaxpr
+    auto = value_and_grad(_supcon_small_tiles, num_diff, distributed=True)(*args)
+    gather = value_and_grad(_supcon_small_tiles, num_diff, impl="gather")(*args)
+    assert_trees_close(auto, gather)
+
+
+def _jaxpr_supcon(z, temperature, labels):
+    f = jax.shard_map(
+        lambda z, labels: supcon(z, labels, temperature=temperature, axis_name="data")[0],
+        mesh=data_mesh(),
+        in_specs=jax.P("data"),
+        out_specs=jax.P(),
+    )
+    return str(jax.make_jaxpr(f)(z, labels))
+
+
+def test_default_is_memory_bounded_at_large_batch():
+    """XLA's buffer plan for the default at B = 4,096 on one device: far below one B x B logit matrix."""
+    b = 4096
+    x = jax.ShapeDtypeStruct((b, 16), jnp.float32)
+    f = jax.jit(jax.grad(lambda a, c: clip(a, c, logit_scale=10.0)[0], argnums=(0, 1)))
+    # tiles of 512: ~0.075 of one B x B float32 matrix; the gather path's plan is ~8 of them
+    assert f.lower(x, x).compile().memory_analysis().temp_size_in_bytes < 0.1 * b * b * 4
