@@ -23,6 +23,7 @@ from contrastive.models.encoders import build_model
 from contrastive.train.step import images_to_float, init_state, make_encode_fn
 
 REPRESENTATIONS = ("learned", "random_init", "raw_pixels")
+RECALL_KS = (1, 5, 10)
 
 
 def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -102,13 +103,14 @@ def evaluate_image_text(config, graphdef, state, train_source, test_source, toke
     real = np.arange(test["tokens"].shape[1])[None, :] < test["num_captions"][:, None]  # [N, K]
     text_to_image = np.nonzero(real)[0]
     text_emb = texts(test["tokens"][real])
+    ks = tuple(k for k in RECALL_KS if k <= min(len(image_emb), len(text_emb)))  # a tiny test split has < 10
     results = {"num_train": int(len(train["image"])), "num_test": int(len(image_emb)),
                "num_test_captions": int(len(text_emb)),
-               "retrieval": evaluation.image_text_retrieval(image_emb, text_emb, text_to_image=text_to_image)}
+               "retrieval": evaluation.image_text_retrieval(image_emb, text_emb, text_to_image=text_to_image, ks=ks)}
     if classnames:
         # A caption is a hit for any image of the class it names: the best the captions can tell apart.
         class_level = evaluation.retrieval_recall(text_emb, image_emb, query_ids=test["label"][text_to_image],
-                                                  key_ids=test["label"])
+                                                  key_ids=test["label"], ks=ks)
         results["retrieval"].update({f"text_to_image_class/{k}": v for k, v in class_level.items()})
         class_emb = evaluation.class_embeddings_from_templates(
             lambda prompts: texts(tokenizer.encode(prompts)), classnames, list(config.eval.zero_shot_templates))
@@ -130,8 +132,9 @@ def format_image_text_table(results: dict) -> str:
     rows.append(f"{'retrieval':<22} {'R@1':>7} {'R@5':>7} {'R@10':>7}")
     for direction in ("image_to_text", "text_to_image", "text_to_image_class"):
         if f"{direction}/recall@1" in r:
-            rows.append(f"{direction:<22} " + " ".join(f"{100 * r[f'{direction}/recall@{k}']:>6.2f}%"
-                                                       for k in (1, 5, 10)))
+            rows.append(f"{direction:<22} " + " ".join(
+                f"{100 * r[f'{direction}/recall@{k}']:>6.2f}%" if f"{direction}/recall@{k}" in r else f"{'-':>7}"
+                for k in RECALL_KS))
     if "learned" in results:
         lr = results["learned"]
         rows.append(f"image tower features ({lr['feature_dim']}-d): linear probe {100 * lr['linear_probe']:.2f}%, "
