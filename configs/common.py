@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_k = 200  # capped by the train-set size
     c.eval.knn_temperature = 0.07
     c.eval.batch_size = 512
+    c.eval.every_steps = 0  # also evaluate every N steps into <workdir>/eval_history.jsonl (0: only at the end)
     return c
 
 

@@ -161,7 +161,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
     # (4) Train.
     try:
-        state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start)
+        periodic = _PeriodicEval(config.eval.every_steps, built.evaluate, workdir / "eval_history.jsonl")
+        state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic)
     finally:
         checkpointer.wait()
 
@@ -193,7 +194,22 @@ def _build_views(config, setup) -> Built:
                  train_step=train_step, evaluate=evaluate, format_table=final_eval.format_table)
 
 
-def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start):
+class _PeriodicEval:
+    """The final evaluation every `every_steps` steps (0: never), one JSON line each in eval_history.jsonl."""
+
+    def __init__(self, every_steps: int, evaluate, path: pathlib.Path):
+        self.every_steps, self.evaluate, self.path = every_steps, evaluate, path
+
+    def __call__(self, done: int, num_steps: int, state) -> None:
+        if not self.every_steps or done % self.every_steps or done == num_steps:  # the end has its own eval
+            return
+        results = {"step": done, **self.evaluate(state)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(results) + "\n")
+        tqdm.write(f"eval at step {done}: written to {self.path}", file=sys.stderr)
+
+
+def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic):
     num_steps = config.num_steps
     if start >= num_steps:
         return state
@@ -231,6 +247,7 @@ def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, 
             bar.update(1)
             if save_now:
                 checkpointer.save(done, state, {**meta, "data_position": done}, force=True)
+            periodic(done, num_steps, state)
             if stop.signal is not None:
                 bar.close()
                 checkpointer.wait()

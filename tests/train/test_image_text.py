@@ -114,14 +114,18 @@ def test_image_text_one_device_equals_eight_devices(tiny_image_text, tmp_path):
 @pytest.mark.slow
 def test_a_standard_tfds_image_text_set_trains_through_the_runner(tiny_image_text, tmp_path):
     """RefCOCO from `tfds.testing.mock_data` (random images and words): resized to 8x8 RGB, tokenized,
-    trained and evaluated (retrieval only: it has no zero-shot class names) by the same runner."""
+    trained and evaluated (retrieval only: it has no zero-shot class names) by the same runner, with a
+    periodic evaluation at step 2."""
     import tensorflow_datasets as tfds
 
     config = tiny_image_text("clip", num_steps=3, batch_size=8, **{
         "data.name": "ref_coco", "data.train_split": "train", "data.test_split": "validation",
-        "data.image_size": (8, 8), "model.text.max_captions": 4, "eval.at_end": True, "eval.batch_size": 8})
+        "data.image_size": (8, 8), "model.text.max_captions": 4, "eval.at_end": True, "eval.batch_size": 8,
+        "eval.every_steps": 2})
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
         result = train_and_evaluate(config, tmp_path)
     assert np.all(np.isfinite(losses(tmp_path))) and len(losses(tmp_path)) == 3
     assert "zero_shot" not in result and 0 <= result["retrieval"]["image_to_text/recall@1"] <= 1
     assert "image_to_text/recall@10" not in result["retrieval"]  # 8 test images: R@10 is undefined
+    history = [json.loads(line) for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2] and set(history[0]) == set(result)  # periodic eval, then the end
