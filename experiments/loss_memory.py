@@ -82,8 +82,8 @@ def worker_loss(cfg):
     from contrastive.losses import clip
 
     b, d, devices = cfg["batch"], cfg["dim"], cfg["devices"]
-    kwargs = {"gather": {}, "ring": {"impl": "ring"}, "tiled": {"impl": "ring", "chunk_size": cfg["chunk"]}}
-    kwargs = kwargs[cfg["impl"]]
+    kwargs = {"gather": {"impl": "gather"}, "ring": {"impl": "ring"},
+              "tiled": {"impl": "ring", "chunk_size": cfg["chunk"]}}[cfg["impl"]]
 
     def loss(image, text):
         if devices == 1:
