@@ -10,6 +10,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_steps = 600
     c.batch_size = 256  # global, over all devices and processes
     c.num_devices = 0  # 0: every local device; n: the first n (e.g. 1 to compare with 8)
+    # GradCache: each device encodes its rows (x views) in this many sub-batches; 0 = off. Same gradient,
+    # encoder memory of one sub-batch (Gao et al. 2021). View-based losses only.
+    c.grad_cache_chunks = 0
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"

@@ -82,6 +82,7 @@ def check_config(config) -> Setup:
     if config.log_every < 1:
         raise ConfigError(f"log_every must be >= 1, got {config.log_every}")
     family = loss_family(config.loss.name)
+    _check_grad_cache(config, mesh, augment, family)
     if family == "image_text":
         image_text.check(config, augment)
         objective = make_image_text_objective(config.loss)
@@ -93,6 +94,19 @@ def check_config(config) -> Setup:
                               f"{config.loss.name!r} is a view-based loss; use one of clip, siglip, infoloob")
         objective = make_objective(config.loss, augment.num_views)
     return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx, family=family)
+
+
+def _check_grad_cache(config, mesh, augment, family: str) -> None:
+    chunks = config.grad_cache_chunks
+    if chunks == 0:
+        return
+    rows = config.batch_size // mesh.devices.size * augment.num_views
+    if family != "views":
+        raise ConfigError(f"grad_cache_chunks={chunks}: GradCache is wired for the view-based losses only, "
+                          f"not loss.name={config.loss.name!r}")
+    if chunks < 0 or rows % chunks:
+        raise ConfigError(f"grad_cache_chunks={chunks} must divide each device's {rows} encoded rows "
+                          f"(batch_size / devices x augment.num_views)")
 
 
 def max_pixel_value(dataset: str) -> float:
@@ -184,7 +198,7 @@ def _build_views(config, setup) -> Built:
     graphdef, state = init_state(model, setup.tx, config.seed)
     pixel_max = max_pixel_value(config.data.name)
     train_step = make_train_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
-                                 max_pixel_value=pixel_max)
+                                 max_pixel_value=pixel_max, grad_cache_chunks=config.grad_cache_chunks)
 
     def evaluate(state):
         test_source = load_split(config, config.data.test_split)

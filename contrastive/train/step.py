@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from contrastive.data.augment import AugmentConfig, augment_views
+from contrastive.parallel.gradcache import grad_cache
 
 
 @struct.dataclass
@@ -48,15 +49,31 @@ def images_to_float(images: jax.Array, max_value: float) -> jax.Array:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective,
-                    augment: AugmentConfig, mesh: jax.sharding.Mesh, *, max_pixel_value: float):
+                    augment: AugmentConfig, mesh: jax.sharding.Mesh, *, max_pixel_value: float,
+                    grad_cache_chunks: int = 0):
     """`step(state, batch) -> (state, metrics)`, jitted, donating the old state.
 
     `batch` holds `image` [B, H, W, C] (integers up to `max_pixel_value`) and `label` [B], sharded along
     `data`. `metrics` are scalars: `loss`, the loss's own metrics, and `grad_norm`.
+
+    With `grad_cache_chunks=k > 0` the gradient is computed by GradCache (`contrastive.parallel.grad_cache`):
+    each device encodes its views in k sub-batches, so encoder activations of only one sub-batch are
+    alive at a time, and the gradient is the same as the plain step's (up to float rounding). The
+    encoder must not mix examples (no BatchNorm), which holds for the models here.
     """
     loss_on_mesh = jax.shard_map(
         lambda z, labels: objective(z, labels, axis_name="data"),
         mesh=mesh, in_specs=(P("data"), P("data")), out_specs=(P(), P()))
+
+    def local_grad_cache(params, model_state, views, labels):
+        encode = lambda p, x, key: nnx.merge(graphdef, p, model_state)(x)
+        loss_of = lambda z: objective(z.reshape(labels.shape[0], augment.num_views, -1), labels, axis_name="data")
+        loss, metrics, grads = grad_cache(encode, loss_of, params, views, num_chunks=grad_cache_chunks,
+                                          axis_name="data")
+        return (loss, metrics), grads
+
+    grad_cache_on_mesh = jax.shard_map(local_grad_cache, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
+                                       out_specs=((P(), P()), P()))
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         images = images_to_float(batch["image"], max_pixel_value)
@@ -71,7 +88,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
             z = model(flat_views).reshape(batch_size, augment.num_views, -1)
             return loss_on_mesh(z, batch["label"])
 
-        return _apply_gradients(state, tx, loss_fn)
+        if grad_cache_chunks:
+            return _apply_gradients(state, tx, lambda p: grad_cache_on_mesh(p, state.model_state, flat_views,
+                                                                            batch["label"]))
+        return _apply_gradients(state, tx, jax.value_and_grad(loss_fn, has_aux=True))
 
     return _jit_step(train_step, mesh)
 
@@ -117,14 +137,15 @@ def make_image_text_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformatio
             learned = {"logit_scale": scale} if bias is None else {"logit_scale": scale, "logit_bias": bias}
             return loss, {**metrics, **learned}
 
-        return _apply_gradients(state, tx, loss_fn)
+        return _apply_gradients(state, tx, jax.value_and_grad(loss_fn, has_aux=True))
 
     return _jit_step(train_step, mesh)
 
 
-def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, loss_fn):
-    """One optimizer update from `loss_fn(params) -> (loss, metrics)`; adds `loss` and `grad_norm`."""
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, value_and_grad_fn):
+    """One optimizer update from `value_and_grad_fn(params) -> ((loss, metrics), grads)`; adds `loss` and
+    `grad_norm` to the metrics."""
+    (loss, metrics), grads = value_and_grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}

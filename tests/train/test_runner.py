@@ -36,6 +36,14 @@ def test_one_device_equals_eight_devices(tiny_config, tmp_path):
     assert a[-1] < a[0]  # it learns
 
 
+def test_grad_cache_step_matches_the_plain_step(tiny_config, tmp_path):
+    train_and_evaluate(tiny_config(num_steps=6), tmp_path / "plain")
+    train_and_evaluate(tiny_config(num_steps=6, grad_cache_chunks=4), tmp_path / "cached")
+    np.testing.assert_allclose(losses(tmp_path / "cached"), losses(tmp_path / "plain"), rtol=1e-5)
+    with pytest.raises(ConfigError, match=r"grad_cache_chunks=3 must divide each device's 16 encoded rows"):
+        train_and_evaluate(tiny_config(grad_cache_chunks=3), tmp_path / "bad")
+
+
 def test_reruning_a_finished_run_changes_nothing(tiny_config, tmp_path):
     train_and_evaluate(tiny_config(), tmp_path)
     before = losses(tmp_path)
