@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 import sys
 import time
 
@@ -22,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from contrastive.train import config as config_lib  # noqa: E402
 from contrastive.train.runner import train_and_evaluate  # noqa: E402
+from experiments.readme_block import update_readme_block  # noqa: E402
 
-README_MARKERS = ("<!-- imagetext-results:begin -->", "<!-- imagetext-results:end -->")
 LOSSES = ("clip", "siglip", "infoloob")
 
 
@@ -55,16 +54,6 @@ def table(results: dict, command: str) -> str:
             f"Produced by `{command}`.\n")
 
 
-def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    content = readme.read_text()
-    begin, end = README_MARKERS
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"README.md has no {begin} ... {end} block to fill")
-    readme.write_text(pattern.sub(lambda _: f"{begin}\n{text}{end}", content))
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
@@ -94,7 +83,7 @@ def main(argv=None) -> None:
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     print(text)
     if not args.no_readme and not overrides and tuple(args.losses) == LOSSES:
-        update_readme(text)
+        update_readme_block("imagetext-results", text)
 
 
 if __name__ == "__main__":

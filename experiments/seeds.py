@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 import sys
 import time
 
@@ -25,8 +24,7 @@ sys.path.insert(0, str(ROOT))
 from contrastive.train import config as config_lib  # noqa: E402
 from contrastive.train.final_eval import REPRESENTATIONS  # noqa: E402
 from contrastive.train.runner import train_and_evaluate  # noqa: E402
-
-README_MARKERS = ("<!-- results:begin -->", "<!-- results:end -->")
+from experiments.readme_block import update_readme_block  # noqa: E402
 
 
 def summarise(per_seed: list[dict], seeds: list[int], title: str, command: str) -> str:
@@ -55,16 +53,6 @@ def summarise(per_seed: list[dict], seeds: list[int], title: str, command: str) 
                      f"({100 * learned:.2f} vs random init {100 * rivals['random_init']:.2f}, "
                      f"raw pixels {100 * rivals['raw_pixels']:.2f}).  ")
     return "\n".join(lines) + "\n"
-
-
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    begin, end = README_MARKERS
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"README.md has no {begin} ... {end} block to fill")
-    readme.write_text(pattern.sub(lambda _: f"{begin}\n{table}{end}", text))
 
 
 def main(argv=None) -> None:
@@ -97,7 +85,7 @@ def main(argv=None) -> None:
     (out.with_suffix(".json")).write_text(json.dumps(dict(zip(map(str, args.seeds), per_seed)), indent=2))
     print(table)
     if not args.no_readme and name == "simclr_digits" and not overrides:
-        update_readme(table)
+        update_readme_block("results", table)
 
 
 if __name__ == "__main__":
