@@ -37,6 +37,11 @@ def data_source(name: str, split: str, data_dir: str):
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
 
+def max_pixel_value(name: str) -> float:
+    """The largest pixel value of a dataset's stored images: 16 for the digits sets, 255 for 8-bit images."""
+    return float(digits.MAX_INTENSITY) if name in ("digits", "digits_captions") else 255.0
+
+
 def read_all(source, keys: tuple[str, ...] = ("image", "label", "index")) -> Batch:
     """Every example of a (small) source stacked into arrays, in index order."""
     rows = [source[i] for i in range(len(source))]

@@ -113,7 +113,7 @@ def build(config, setup, built_cls):
     if config.model.lit.init_from:
         load_image_tower(model, config.model.lit.init_from)
     graphdef, state = init_state(model, setup.tx, config.seed)
-    pixel_max = 16.0 if config.data.name == "digits_captions" else 255.0
+    pixel_max = pipeline.max_pixel_value(config.data.name)
     step = make_image_text_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
                                 max_pixel_value=pixel_max)
 

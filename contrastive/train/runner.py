@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from contrastive.data import digits, pipeline
+from contrastive.data import pipeline
 from contrastive.data.augment import AugmentConfig
 from contrastive.data.image_text import DATASETS as IMAGE_TEXT_DATASETS
 from contrastive.models.dual import lock_image_tower
@@ -109,10 +109,6 @@ def _check_grad_cache(config, mesh, augment, family: str) -> None:
                           f"(batch_size / devices x augment.num_views)")
 
 
-def max_pixel_value(dataset: str) -> float:
-    return float(digits.MAX_INTENSITY) if dataset == "digits" else 255.0
-
-
 def load_split(config, split: str):
     source = pipeline.data_source(config.data.name, split, str(pathlib.Path(config.data.data_dir).expanduser()))
     return pipeline.InMemorySource(pipeline.read_all(source)) if config.data.in_memory else source
@@ -196,7 +192,7 @@ def _build_views(config, setup) -> Built:
     train_source = load_split(config, config.data.train_split)
     model = build_model(config.model, tuple(train_source[0]["image"].shape), seed=config.seed)
     graphdef, state = init_state(model, setup.tx, config.seed)
-    pixel_max = max_pixel_value(config.data.name)
+    pixel_max = pipeline.max_pixel_value(config.data.name)
     train_step = make_train_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
                                  max_pixel_value=pixel_max, grad_cache_chunks=config.grad_cache_chunks)
 
