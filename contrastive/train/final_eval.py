@@ -11,12 +11,16 @@ caption, and the same linear probe and kNN of the image tower's features.
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from contrastive import eval as evaluation
+from contrastive.data.augment import AugmentConfig, augment_views
 from contrastive.data.image_text import KEYS as IMAGE_TEXT_KEYS
 from contrastive.data.pipeline import InMemorySource, read_all
 from contrastive.models.encoders import build_model
@@ -46,12 +50,34 @@ def _probes(config, train_feats, train_labels, test_feats, test_labels) -> dict:
     probe = evaluation.linear_probe(tr, train_labels, te, test_labels, seed=config.seed)
     knn = evaluation.knn_accuracy(tr, train_labels, te, test_labels, k=min(config.eval.knn_k, len(train_labels)),
                                   temperature=config.eval.knn_temperature)
+    ridge = evaluation.ridge_probe(tr, train_labels, te, test_labels, seed=config.seed)
     return {"linear_probe": float(probe["accuracy"]), "knn": float(knn), "linear_probe_l2": float(probe["l2"]),
+            "ridge_probe": float(ridge["accuracy"]),
+            "mean_classifier": float(evaluation.mean_classifier_accuracy(tr, train_labels, te, test_labels)),
+            "uniformity": float(evaluation.uniformity(te)), "tolerance": float(evaluation.tolerance(te, test_labels)),
             "feature_dim": int(tr.shape[1])}
 
 
-def evaluate(config, graphdef, state, train_source, test_source, pixel_max: float) -> dict:
-    """{representation: {'linear_probe': acc, 'knn': acc}} plus the probe settings used."""
+def view_geometry(config, encode, state, images: np.ndarray, pixel_max: float, plot_path=None) -> dict:
+    """Alignment of two augmented views of each test image (Wang & Isola 2020) and, with `plot_path`, the
+    histograms of their positive (same image) and negative (different images) cosine similarities."""
+    x = images_to_float(images, pixel_max)
+    views = augment_views(jax.random.PRNGKey(config.seed), x, jnp.arange(len(x)),
+                          AugmentConfig(**{**config.augment, "num_views": 2}))
+    f1, f2 = (_features(encode, state.params, state.model_state, np.asarray(views[:, v]), 1.0,
+                        config.eval.batch_size) for v in (0, 1))
+    out = {"alignment": float(evaluation.alignment(f1, f2))}
+    if plot_path is not None:
+        pos, neg = evaluation.positive_negative_similarities(f1, f2)
+        evaluation.similarity_histograms(pos, neg, plot_path, title="learned features, two views per test image")
+        out["similarity_histograms"] = pathlib.Path(plot_path).name  # beside eval.json
+    return out
+
+
+def evaluate(config, graphdef, state, train_source, test_source, pixel_max: float, plot_path=None) -> dict:
+    """{representation: {'linear_probe', 'knn', 'ridge_probe', 'mean_classifier' accuracies, 'uniformity',
+    'tolerance'}} for the three representations, the probe settings, and the learned features' view
+    `alignment` (plus a similarity-histogram PNG at `plot_path`)."""
     train, test = (s.arrays if isinstance(s, InMemorySource) else read_all(s) for s in (train_source, test_source))
     encode = make_encode_fn(graphdef)
     _, init = init_state(build_model(config.model, train["image"].shape[1:], seed=config.seed),
@@ -69,14 +95,22 @@ def evaluate(config, graphdef, state, train_source, test_source, pixel_max: floa
                "num_train": len(train["label"]), "num_test": len(test["label"])}
     for name in REPRESENTATIONS:
         results[name] = _probes(config, feats[name][0], train["label"], feats[name][1], test["label"])
+    results["learned"].update(view_geometry(config, encode, state, test["image"], pixel_max, plot_path))
     return results
 
 
 def format_table(results: dict) -> str:
-    rows = [f"{'features':<12} {'dim':>5} {'linear probe':>13} {'kNN (k=' + str(results['knn_k']) + ')':>12}"]
+    rows = [f"{'features':<12} {'dim':>5} {'linear probe':>13} {'kNN (k=' + str(results['knn_k']) + ')':>12} "
+            f"{'ridge':>8} {'mean cls':>9} {'uniformity':>11} {'tolerance':>10}"]
     for name in REPRESENTATIONS:
         r = results[name]
-        rows.append(f"{name:<12} {r['feature_dim']:>5} {100 * r['linear_probe']:>12.2f}% {100 * r['knn']:>11.2f}%")
+        rows.append(f"{name:<12} {r['feature_dim']:>5} {100 * r['linear_probe']:>12.2f}% {100 * r['knn']:>11.2f}% "
+                    f"{100 * r['ridge_probe']:>7.2f}% {100 * r['mean_classifier']:>8.2f}% {r['uniformity']:>11.3f} "
+                    f"{r['tolerance']:>10.3f}")
+    if "alignment" in results["learned"]:
+        rows.append(f"learned view alignment {results['learned']['alignment']:.3f}"
+                    + (f"; similarity histograms in {results['learned']['similarity_histograms']}"
+                       if "similarity_histograms" in results["learned"] else ""))
     rows.append(f"(train {results['num_train']} / test {results['num_test']} images)")
     return "\n".join(rows)
 

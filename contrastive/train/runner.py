@@ -154,7 +154,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     checkpointer = Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
 
     # (2) Data, model, optimizer, state.
-    built = image_text.build(config, setup, Built) if setup.family == "image_text" else _build_views(config, setup)
+    if setup.family == "image_text":
+        built = image_text.build(config, setup, Built)
+    else:
+        built = _build_views(config, setup, workdir)
     batches = pipeline.GlobalBatches(built.train_source, global_batch_size=config.batch_size, seed=config.seed,
                                      mesh=setup.mesh, keys=built.keys)
     state = jax.device_put(built.state, NamedSharding(setup.mesh, P()))
@@ -188,7 +191,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     return results
 
 
-def _build_views(config, setup) -> Built:
+def _build_views(config, setup, workdir: pathlib.Path) -> Built:
     train_source = load_split(config, config.data.train_split)
     model = build_model(config.model, tuple(train_source[0]["image"].shape), seed=config.seed)
     graphdef, state = init_state(model, setup.tx, config.seed)
@@ -198,7 +201,8 @@ def _build_views(config, setup) -> Built:
 
     def evaluate(state):
         test_source = load_split(config, config.data.test_split)
-        return final_eval.evaluate(config, graphdef, state, train_source, test_source, pixel_max)
+        return final_eval.evaluate(config, graphdef, state, train_source, test_source, pixel_max,
+                                   plot_path=workdir / "similarities.png")
 
     return Built(train_source=train_source, keys=("image", "label"), graphdef=graphdef, state=state,
                  train_step=train_step, evaluate=evaluate, format_table=final_eval.format_table)

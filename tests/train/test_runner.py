@@ -95,6 +95,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_config, tmp_path, s
     assert losses(tmp_path / "killed") == losses(tmp_path / "full")
     eval_killed, eval_full = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("killed", "full"))
     assert eval_killed == eval_full
+    learned = eval_full["learned"]
+    assert {"ridge_probe", "mean_classifier", "uniformity", "tolerance", "alignment"} <= set(learned)
+    assert all(0 <= eval_full[r][m] <= 1 for r in ("learned", "random_init", "raw_pixels")
+               for m in ("linear_probe", "knn", "ridge_probe", "mean_classifier"))
+    assert (tmp_path / "full" / learned["similarity_histograms"]).stat().st_size > 1000  # the PNG
 
 
 def test_unknown_config_key_lists_valid_keys(tmp_path, capsys):
