@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
     # (4) Train.
     try:
-        periodic = _PeriodicEval(config.eval.every_steps, built.evaluate, workdir / "eval_history.jsonl")
+        periodic = _PeriodicEval(config.eval.every_steps, built.evaluate, workdir / "eval_history.jsonl", start)
         state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic)
     finally:
         checkpointer.wait()
@@ -211,15 +211,16 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
 class _PeriodicEval:
     """The final evaluation every `every_steps` steps (0: never), one JSON line each in eval_history.jsonl."""
 
-    def __init__(self, every_steps: int, evaluate, path: pathlib.Path):
+    def __init__(self, every_steps: int, evaluate, path: pathlib.Path, start_step: int):
         self.every_steps, self.evaluate, self.path = every_steps, evaluate, path
+        # Evaluations after `start_step` belong to steps this run recomputes: drop them, as in metrics.jsonl.
+        self.writer = MetricsWriter(path, start_step + 1) if every_steps else None
 
     def __call__(self, done: int, num_steps: int, state) -> None:
         if not self.every_steps or done % self.every_steps or done == num_steps:  # the end has its own eval
             return
         results = {"step": done, **self.evaluate(state)}
-        with self.path.open("a") as f:
-            f.write(json.dumps(results) + "\n")
+        self.writer.write(results)
         tqdm.write(f"eval at step {done}: written to {self.path}", file=sys.stderr)
 
 
