@@ -145,20 +145,9 @@ def _ring_backward(axis_name, num_dev, residuals, cotangents):
 ring_sigmoid_loss.defvjp(_ring_forward, _ring_backward)
 
 
-def _as_varying(x: Array, axis_name: str | None) -> Array:
-    """Mark a replicated scalar as per-device so the custom VJP may return per-device cotangents.
-
-    The transpose of this cast sums the per-device cotangents, which is the gradient of the
-    global loss with respect to a replicated parameter.
-    """
-    if axis_name is None or axis_name in jax.typeof(x).manual_axis_type.varying:
-        return x
-    return jax.lax.pcast(x, axis_name, to="varying")
-
-
 def _siglip_ring(image, text, scale, bias, axis_name):
     num_dev = num_devices(axis_name)
-    args = [_as_varying(jnp.asarray(a, jnp.float32), axis_name) for a in (scale, bias)]
+    args = [as_varying_tree(jnp.asarray(a, jnp.float32), axis_name) for a in (scale, bias)]
     loss_sum, (pos_sum, all_sum, hits) = ring_sigmoid_loss(
         image, text, *args, axis_name, num_dev
     )
