@@ -1,0 +1,153 @@
+"""W-MSE: the normalised MSE between positives after whitening the embeddings of each sub-batch.
+
+Paper: Ermolov, Siarohin, Sangineto, Sebe. "Whitening for Self-Supervised Representation Learning", ICML
+2021, eqs. (3)-(6) and Sec. 4 (Cholesky whitening, sub-batches of ``w_size``, ``w_iter`` repeats,
+``W-MSE 2 / W-MSE 4`` for V = 2 / 4 positives per image); authors' code github.com/htdt/self-supervised
+(``methods/w_mse.py``, ``methods/whitening.py``), whose behaviour this module reproduces.
+
+Whitening of n rows x (per view, per group)::
+
+    mu = (1/n) sum_r x_r,   Sigma = (1/(n-1)) sum_r (x_r - mu)(x_r - mu)^T
+    Sigma' = (1 - eps) Sigma + eps I = L L^T (Cholesky),   x_hat_r = L^{-1} (x_r - mu)
+
+so the whitened rows have identity covariance. The gradient flows through mu, Sigma and L.
+
+For each of ``w_iter`` iterations the b rows are randomly permuted and split into groups of ``w_size``; each
+view's rows of each group are whitened separately. With V views and P = V(V-1)/2 view pairs (i < j)::
+
+    L = 1/(w_iter P B) sum_iter sum_{i<j} sum_r (2 - 2 cos(x_hat_{r,i}, x_hat_{r,j}))
+
+the mean over iterations, view pairs and the B rows of the global batch of the squared distance of the
+l2-normalised whitened positives (the authors' ``norm_mse_loss``).
+
+Distributed (``axis_name`` inside ``jax.shard_map``), flag ``whitening``:
+
+* ``"local"`` (the reference: per-GPU statistics): each device whitens groups of ``w_size`` of its own rows.
+* ``"global"``: ``w_size`` is the global group size; each device puts ``w_size / num_devices`` of its rows
+  into every group and the group mean and covariance are psum'ed over the axis.
+
+In both cases the loss is the psum'ed mean over the global rows, the same scalar on every device.
+Permutation: iteration k permutes the local rows with ``jax.random.permutation(keys[k], b)``,
+``keys = jax.random.split(key, w_iter)``, where ``key`` is first folded with the device index
+(``jax.random.fold_in(key, axis_index)``) when ``axis_name`` is set, so devices group their rows
+independently; group g holds rows ``perm[g * m : (g + 1) * m]`` (m = rows per device and group).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from contrastive.losses.bootstrap import output_std, row_cosine
+from contrastive.losses.core import check_rank, global_sum, num_devices
+
+Array = jax.Array
+
+WHITENINGS = ("local", "global")
+
+
+def whiten(x: Array, *, eps=0.0, axis_name: str | None = None) -> Array:
+    """Cholesky whitening ``L^{-1} (x - mu)`` of the rows of ``x`` [n, D] (float32).
+
+    With ``axis_name`` the mean and covariance are those of the rows of ALL devices (psum of sums,
+    divided by the global count), and each device whitens its own rows with them.
+    ``eps`` shrinks the covariance towards the identity: ``(1 - eps) Sigma + eps I``.
+    """
+    check_rank("x", x, 2)
+    x = x.astype(jnp.float32)
+    count = x.shape[0] * num_devices(axis_name)
+    mean = global_sum(jnp.sum(x, axis=0), axis_name) / count
+    centred = x - mean
+    # HIGHEST: TPU/GPU default f32 matmuls round to bf16/tf32, too coarse for a covariance to factorise.
+    cov = global_sum(jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST), axis_name)
+    cov = (1.0 - eps) * cov / (count - 1) + eps * jnp.eye(x.shape[1], dtype=jnp.float32)
+    chol = jnp.linalg.cholesky(cov)
+    return jax.scipy.linalg.solve_triangular(chol, centred.T, lower=True).T
+
+
+def _is_concrete_positive(value) -> bool:
+    try:
+        return bool(np.all(np.asarray(value, dtype=np.float64) > 0))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+        return False
+
+
+def _rows_per_group(z_shape, w_size: int, whitening: str, devices: int, eps) -> int:
+    """This device's rows in each whitening group; raises ValueError for impossible groupings."""
+    b, v, d = z_shape
+    if v < 2:
+        raise ValueError(f"W-MSE needs at least 2 views per image, got z of shape {z_shape} (V = {v})")
+    if whitening not in WHITENINGS:
+        raise ValueError(f"whitening must be one of {WHITENINGS}, got {whitening!r}")
+    if w_size <= d and not _is_concrete_positive(eps):
+        raise ValueError(
+            f"w_size ({w_size}) must be larger than the embedding dimension D ({d}): the covariance of "
+            f"w_size centred rows has rank <= w_size - 1 < D, so it is singular and has no Cholesky factor "
+            f"(or shrink it with a concrete eps > 0)"
+        )
+    if whitening == "local":
+        if b % w_size:
+            raise ValueError(f"local whitening: w_size ({w_size}) must divide the local batch ({b} rows)")
+        return w_size
+    if w_size % devices:
+        raise ValueError(
+            f"global whitening: w_size ({w_size}) must be a multiple of the number of devices ({devices})"
+        )
+    share = w_size // devices
+    if b % share:
+        raise ValueError(
+            f"global whitening: the per-device share of a group, w_size / devices = {share}, must divide "
+            f"the local batch ({b} rows)"
+        )
+    return share
+
+
+def wmse(
+    z: Array,
+    *,
+    key: Array,
+    w_size: int = 128,
+    w_iter: int = 1,
+    eps=0.0,
+    whitening: str = "local",
+    axis_name: str | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """W-MSE loss of the global batch (mean over iterations, view pairs and rows; range [0, 4]).
+
+    Args:
+      z: [b, V, D] this device's embeddings, V >= 2 positives (views) per image (any float dtype).
+      key: PRNG key of the random grouping, the same on every device.
+      w_size: rows per whitening group (local or global, see ``whitening``); must exceed D unless eps > 0.
+      w_iter: number of random groupings averaged per step.
+      eps: covariance shrinkage ``(1 - eps) Sigma + eps I`` (the authors' ``w_eps``).
+      whitening: "local" (per-device statistics, the reference) or "global" (statistics psum'ed over
+        ``axis_name``, w_size is the global group size).
+      axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
+
+    Returns:
+      (loss, metrics): float32 scalar and ``cos_sim`` (mean cosine of the whitened positive pairs) and
+      ``output_std`` (collapse monitor of the l2-normalised un-whitened z, all views pooled; see
+      ``bootstrap.output_std``).
+    """
+    check_rank("z", z, 3)
+    b, v, d = z.shape
+    rows = _rows_per_group(z.shape, w_size, whitening, num_devices(axis_name), eps)
+    stats_axis = axis_name if whitening == "global" else None
+    if axis_name is not None:
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    # [groups, rows, V, D] -> whiten each (group, view) block of rows.
+    whiten_groups = jax.vmap(jax.vmap(functools.partial(whiten, eps=eps, axis_name=stats_axis), 1, 1))
+    first, second = np.triu_indices(v, k=1)
+
+    def iteration_cosine_sum(k):
+        perm = jax.random.permutation(k, b)
+        white = whiten_groups(z[perm].reshape(b // rows, rows, v, d))
+        return jnp.sum(row_cosine(white[:, :, first], white[:, :, second]))
+
+    local = jnp.sum(jax.vmap(iteration_cosine_sum)(jax.random.split(key, w_iter)))
+    mean_cos = global_sum(local, axis_name) / (w_iter * len(first) * b * num_devices(axis_name))
+    metrics = {"cos_sim": jax.lax.stop_gradient(mean_cos), "output_std": output_std(z, axis_name)}
+    return 2.0 - 2.0 * mean_cos, metrics
