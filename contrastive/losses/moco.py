@@ -23,18 +23,24 @@ Options, applied in this order (each is off by default; the random ones need ``k
        lam ~ 1 + Beta(a, a), drawn PER DIMENSION and per query (a [N, D] array, lam in [1, 2])
        q' = normalize(lam * q + (1 - lam) * k),   k' = normalize(lam * k + (1 - lam) * q)
 
-   i.e. the per-dimension variant written in methods.md (the authors' code calls it ``dim_mask``;
-   their released run.sh instead draws one scalar lam per step and does not re-normalise: here the
-   pair is always re-normalised so the logits stay cosines). ``q' - k' = (2 lam - 1)(q - k)`` before
-   re-normalising: a harder positive. As in the authors' code the gradient reaches q through both q'
-   and the ``(1 - lam) q`` term of k'; k itself stays stop-gradient.
+   This is the per-dimension variant that methods.md describes ("per-dimension l ~ 1 + Beta(a,a)").
+   The authors' code (github.com/DTennant/CL-Visualizing-Feature-Transformation, memory/mem_moco.py)
+   offers both: ``dim_mask`` picks per-element draws, and their released run.sh uses the default,
+   one scalar lam per step for the whole batch, with no re-normalisation. Here the pair is always
+   re-normalised so that the logits stay cosines. Before re-normalising, ``q' + k' = q + k`` and
+   ``q' - k' = (2 lam - 1)(q - k)``, with 2 lam - 1 in [1, 3]: a harder positive. As in the authors'
+   code, the gradient reaches q through q' and through the ``(1 - lam) q`` term of k'; k itself
+   stays stop-gradient.
 2. FT negative interpolation, ``ft_interpolation_alpha = a > 0``: with one Beta(a, a) draw ``m_r`` per
    queue ROW and one random permutation ``p`` of the queue (the same key on every device, so every
    device sees the same transformed queue)::
 
        n'_r = normalize(m_r * n_r + (1 - m_r) * n_p(r))
 
-   The transformed queue replaces the queue in the loss (and in MoCHi below); nothing is enqueued here.
+   One m per queue row, re-normalised (methods.md only says m ~ Beta(a, a); the authors' code draws
+   per element with ``dim_mask``, and their run.sh one scalar m for the whole queue without
+   re-normalising). The transformed queue replaces the queue in the loss, and MoCHi below mixes
+   from it. Nothing is enqueued here.
 3. MoCHi (Kalantidis, Sariyildiz, Pion, Weinzaepfel, Larlus. "Hard Negative Mixing for Contrastive
    Learning", NeurIPS 2020, Sec. 4), ``mochi_hardest = N_h > 0``: per query, rank the queue by q.n and
    keep the N_h hardest, Q~. Synthesise ``mochi_mix = s`` points from two distinct members of Q~ and
@@ -43,9 +49,11 @@ Options, applied in this order (each is off by default; the random ones need ``k
        h_t  = normalize(a_t * n_i + (1 - a_t) * n_j),   n_i != n_j in Q~,  a_t ~ U(0, 1)
        h'_t = normalize(b_t * q + (1 - b_t) * n_j),     n_j in Q~,         b_t ~ U(0, 0.5)
 
-   and append their logits q.h / T to the denominator of that query only. The points are stop-gradient
-   (including the q inside h'); the logits q.sg(h) still depend on q, exactly like the queue's. Only
-   the queue is ranked, never the in-batch keys (as in the paper, whose pool is the MoCo queue).
+   and append their logits q.h / T to the denominator of that query only. The paper draws n_i, n_j
+   at random from Q~; here they are drawn distinct, so h is never a copy of a queue row (hence
+   N_h >= 2 when s > 0). The points are stop-gradient (including the q inside h'); the logits
+   q.sg(h) still depend on q, exactly like the queue's. Only the queue is ranked, never the in-batch
+   keys (as in the paper, whose pool is the MoCo queue).
 
 Randomness is per query from ``fold_in(subkey, global_row_index)`` (one subkey per option), so the
 loss does not depend on how the batch is sharded: 8 devices give the 1-device numbers.
@@ -240,9 +248,7 @@ def moco_similarities(
     if hardest:
         hardest_sim, hardest_idx = jax.lax.top_k(jax.lax.stop_gradient(queue_sim), hardest)
         row_keys = _per_row_keys(mochi_key, b, axis_name)
-        points = jax.vmap(_mochi_points, in_axes=(0, 0, 0, None, None))(
-            row_keys, q, queue[hardest_idx], mix, query_mix
-        )
+        points = jax.vmap(_mochi_points, in_axes=(0, 0, 0, None, None))(row_keys, q, queue[hardest_idx], mix, query_mix)
         synthetic = jax.lax.stop_gradient(points)
     synthetic_sim = jnp.einsum("bd,bsd->bs", q, synthetic)
 
