@@ -39,10 +39,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dense = (256,)  # cnn: widths of ReLU layers on the flattened map; () = global average pooling
     c.model.head_hidden = (128,)
     c.model.projection_dim = 64
+    # layer | batch | none: the norm between the head's (and predictor's) layers. batch = BatchNorm over
+    # the global batch (synchronised across devices), as BYOL/SimSiam/W-MSE use in their heads.
+    c.model.head_norm = "layer"
+    c.model.predictor_hidden = ()  # hidden widths of the predictor MLP (BYOL, SimSiam); () = no predictor
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "nt_xent"
     c.loss.temperature = 0.2
+
+    # Pieces of state some methods need (used only by the losses named).
+    c.ema = ml_collections.ConfigDict()  # byol, moco: the target network is an EMA of the online one
+    c.ema.momentum = 0.996  # at step 0; rises along a cosine to momentum_end (BYOL); equal: constant (MoCo)
+    c.ema.momentum_end = 1.0
+    c.queue_size = 0  # moco: past keys kept as negatives, a multiple of batch_size
+    c.directpred = ml_collections.ConfigDict()  # byol, simsiam: closed-form linear predictor (Tian et al.)
+    c.directpred.enabled = False  # needs model.predictor_hidden=()
+    c.directpred.rho = 0.3  # EMA rate of the correlation: F <- rho F + (1 - rho) E[f f^T]
+    c.directpred.eps = 0.1  # p_j = sqrt(lambda_j / max lambda) + eps
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adamw | lars | sgd

@@ -13,14 +13,33 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+NORMS = ("layer", "batch", "none")
+
+
+def _norm_layer(kind: str, width: int, rngs: nnx.Rngs):
+    if kind == "layer":
+        return nnx.LayerNorm(width, rngs=rngs)
+    if kind == "batch":
+        return nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
+    if kind == "none":
+        return None
+    raise ValueError(f"norm={kind!r} is not one of {NORMS}")
+
 
 class MLP(nnx.Module):
-    """Linear layers with ReLU (and LayerNorm) between them; the last layer is linear."""
+    """Linear layers with ReLU (after LayerNorm, BatchNorm or no norm) between them; the last is linear.
 
-    def __init__(self, in_features: int, widths: Sequence[int], *, rngs: nnx.Rngs, norm: bool = True):
+    `norm="batch"` is BatchNorm as in the BYOL/SimSiam projector and predictor. Its statistics are those
+    of the whole batch the module is applied to; the train steps apply the model under `jax.jit` to the
+    GLOBAL batch sharded over devices, so XLA reduces the statistics across devices: this is synchronised
+    BatchNorm (the reference methods' SyncBN) without an `axis_name`. `model.eval()` switches to the
+    running averages (momentum 0.9), which evaluation uses.
+    """
+
+    def __init__(self, in_features: int, widths: Sequence[int], *, rngs: nnx.Rngs, norm: str = "layer"):
         dims = [in_features, *widths]
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
-        self.norms = nnx.List([nnx.LayerNorm(w, rngs=rngs) if norm else None for w in widths[:-1]])
+        self.norms = nnx.List([_norm_layer(norm, w, rngs) for w in widths[:-1]])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for layer, norm in zip(self.layers[:-1], self.norms):
@@ -75,17 +94,25 @@ class FlatMLP(nnx.Module):
 
 
 class ContrastiveModel(nnx.Module):
-    """Encoder + projection head. `encode` gives the features, `__call__` the projections."""
+    """Encoder + projection head (+ an optional predictor). `encode` gives the features, `__call__` the
+    projections, `predict` the predictor's output on projections (BYOL, SimSiam: Grill et al. 2020)."""
 
-    def __init__(self, encoder: nnx.Module, head: nnx.Module):
+    def __init__(self, encoder: nnx.Module, head: nnx.Module, predictor: nnx.Module | None = None):
         self.encoder = encoder
         self.head = head
+        self.predictor = predictor
+        self.projection_dim = head.layers[-1].out_features
 
     def encode(self, x: jax.Array) -> jax.Array:
         return self.encoder(x)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.head(self.encoder(x))
+
+    def predict(self, z: jax.Array) -> jax.Array:
+        if self.predictor is None:
+            raise ValueError("this model has no predictor (config.model.predictor_hidden is empty)")
+        return self.predictor(z)
 
 
 ENCODERS = ("cnn", "mlp")
@@ -102,8 +129,12 @@ def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveMod
         encoder = FlatMLP(height * width * channels, tuple(cfg.widths), rngs=rngs)
     else:
         raise ValueError(f"model.encoder={cfg.encoder!r} is not one of {ENCODERS}")
-    head = MLP(encoder.out_features, (*cfg.head_hidden, cfg.projection_dim), rngs=rngs)
-    return ContrastiveModel(encoder, head)
+    head = MLP(encoder.out_features, (*cfg.head_hidden, cfg.projection_dim), rngs=rngs, norm=cfg.head_norm)
+    predictor = None
+    if cfg.predictor_hidden:
+        predictor = MLP(cfg.projection_dim, (*cfg.predictor_hidden, cfg.projection_dim), rngs=rngs,
+                        norm=cfg.head_norm)
+    return ContrastiveModel(encoder, head, predictor)
 
 
 def num_params(model: nnx.Module) -> int:

@@ -1,7 +1,9 @@
 """From `config.loss` to a function of the model's outputs, for the two method families.
 
-* views (SimCLR family): `objective(z [b, V, D], labels [b], *, axis_name)`. Each loss has the signature
-  its paper suggests (two views, or [N, V, D] with labels); an objective adapts the [b, V, D] projections.
+* views: the contrastive losses (SimCLR family) as `objective(z [b, V, D], labels [b], *, axis_name)`.
+  Each loss has the signature its paper suggests (two views, or [N, V, D] with labels); an objective
+  adapts the [b, V, D] projections. BYOL, SimSiam, W-MSE and MoCo need more than the projections (a
+  target, a predictor, a queue): `make_view_loss` returns them with their `methods.Method`.
 * image_text (CLIP family): `objective(image [b, D], text [b, D], logit_scale, logit_bias, *, axis_name)`;
   the scale and bias are the dual encoder's learned parameters, so `config.loss` may not set them.
 
@@ -19,6 +21,7 @@ import jax
 
 from contrastive import losses
 from contrastive.train.config import ConfigError
+from contrastive.train.methods import METHODS, Method
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -46,11 +49,11 @@ def _image_text(loss_fn, with_bias):
     return objective
 
 
-# name -> (adapter, number of views it needs: an int, or None for any number >= 2)
+# contrastive losses: name -> the adapter from [b, V, D] projections (views needed: methods.METHODS)
 _ADAPTERS = {
-    "nt_xent": (_two_views, 2),
-    "dcl": (_two_views, 2),
-    "supcon": (_views_and_labels, None),
+    "nt_xent": _two_views,
+    "dcl": _two_views,
+    "supcon": _views_and_labels,
 }
 
 
@@ -61,7 +64,7 @@ FAMILIES = ("views", "image_text")
 
 
 def available() -> tuple[str, ...]:
-    return tuple(name for name in _ADAPTERS if hasattr(losses, name))
+    return tuple(name for name in METHODS if hasattr(losses, name))
 
 
 def loss_family(name: str) -> str:
@@ -73,11 +76,13 @@ def loss_family(name: str) -> str:
     raise ConfigError(f"loss.name={name!r} is not one of {', '.join((*available(), *IMAGE_TEXT_LOSSES))}")
 
 
-def _loss_kwargs(loss_fn, loss_cfg, exclude=()) -> dict:
-    """The fields of `config.loss` other than `name`, checked against the loss's keyword arguments."""
+def _loss_kwargs(loss_fn, loss_cfg, exclude=(), internal=()) -> dict:
+    """The fields of `config.loss` other than `name`, checked against the loss's keyword arguments
+    (less `exclude`, the learned ones, and `internal`, those the step passes)."""
     name = loss_cfg.name
     params = inspect.signature(loss_fn).parameters
-    accepted = {p for p, v in params.items() if v.kind == inspect.Parameter.KEYWORD_ONLY} - {"axis_name", *exclude}
+    accepted = {p for p, v in params.items() if v.kind == inspect.Parameter.KEYWORD_ONLY}
+    accepted -= {"axis_name", *exclude, *internal}
     kwargs = {k: v for k, v in loss_cfg.items() if k != "name"}
     learned = sorted(set(kwargs) & set(exclude))
     if learned:
@@ -90,17 +95,30 @@ def _loss_kwargs(loss_fn, loss_cfg, exclude=()) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
 
 
-def make_objective(loss_cfg, num_views: int) -> Objective:
-    """`objective(z, labels, *, axis_name)` for `config.loss`, checked before any compute."""
+def make_view_loss(loss_cfg, num_views: int) -> tuple[Method, Callable]:
+    """(method, loss) for a view-based `config.loss`, checked before any compute: for contrastive losses
+    the objective `(z [b, V, D], labels, *, axis_name)`, otherwise the loss with its config bound (the
+    step passes `key` to the losses that sample)."""
     name = loss_cfg.name
     if name not in available():
         raise ConfigError(f"loss.name={name!r} is not one of {', '.join(available())}")
-    adapter, views = _ADAPTERS[name]
-    if (views is not None and num_views != views) or num_views < 2:
-        need = views if views is not None else "at least 2"
+    method = METHODS[name]
+    if (method.views is not None and num_views != method.views) or num_views < 2:
+        need = method.views if method.views is not None else "at least 2"
         raise ConfigError(f"loss {name!r} needs augment.num_views={need}, got {num_views}")
     loss_fn = getattr(losses, name)
-    return functools.partial(adapter(loss_fn), **_loss_kwargs(loss_fn, loss_cfg))
+    kwargs = _loss_kwargs(loss_fn, loss_cfg, internal=("key",) if method.keyed else ())
+    if method.kind == "contrastive":
+        return method, functools.partial(_ADAPTERS[name](loss_fn), **kwargs)
+    return method, functools.partial(loss_fn, **kwargs)
+
+
+def make_objective(loss_cfg, num_views: int) -> Objective:
+    """`objective(z, labels, *, axis_name)` for a contrastive `config.loss`, checked before any compute."""
+    method, objective = make_view_loss(loss_cfg, num_views)
+    if method.kind != "contrastive":
+        raise ConfigError(f"loss {loss_cfg.name!r} is not a contrastive objective of the projections alone")
+    return objective
 
 
 def make_image_text_objective(loss_cfg) -> Objective:

@@ -27,11 +27,12 @@ from contrastive.data.image_text import DATASETS as IMAGE_TEXT_DATASETS
 from contrastive.models.dual import lock_image_tower
 from contrastive.models.encoders import build_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
-from contrastive.train import final_eval, image_text
+from contrastive.train import final_eval, image_text, momentum
 from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config
 from contrastive.train.config import ConfigError, flatten
+from contrastive.train.methods import Method
 from contrastive.train.metrics_writer import MetricsWriter
-from contrastive.train.objectives import loss_family, make_image_text_objective, make_objective
+from contrastive.train.objectives import loss_family, make_image_text_objective, make_view_loss
 from contrastive.train.optim import build_optimizer, learning_rate_schedule
 from contrastive.train.step import init_state, make_train_step
 
@@ -53,6 +54,7 @@ class Setup:
     objective: object
     tx: object
     family: str = "views"  # views | image_text, from loss.name
+    method: Method | None = None  # views: what the loss needs besides the projections
 
 
 @dataclasses.dataclass
@@ -82,7 +84,7 @@ def check_config(config) -> Setup:
     if config.log_every < 1:
         raise ConfigError(f"log_every must be >= 1, got {config.log_every}")
     family = loss_family(config.loss.name)
-    _check_grad_cache(config, mesh, augment, family)
+    method = None
     if family == "image_text":
         image_text.check(config, augment)
         objective = make_image_text_objective(config.loss)
@@ -92,18 +94,47 @@ def check_config(config) -> Setup:
         if config.data.name in IMAGE_TEXT_DATASETS:
             raise ConfigError(f"data.name={config.data.name!r} is image-text data, but loss.name="
                               f"{config.loss.name!r} is a view-based loss; use one of clip, siglip, infoloob")
-        objective = make_objective(config.loss, augment.num_views)
-    return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx, family=family)
+        method, objective = make_view_loss(config.loss, augment.num_views)
+        _check_method_state(config, method)
+    _check_grad_cache(config, mesh, augment, method)
+    return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx, family=family, method=method)
 
 
-def _check_grad_cache(config, mesh, augment, family: str) -> None:
+def _check_method_state(config, method: Method) -> None:
+    """The predictor, EMA and queue settings agree with what `config.loss.name` needs."""
+    name, dp, hidden = config.loss.name, config.directpred.enabled, tuple(config.model.predictor_hidden)
+    if method.predictor and not (hidden or dp) or (hidden and dp):
+        raise ConfigError(f"loss {name!r} needs exactly one predictor: an MLP (model.predictor_hidden, e.g. (128,)) "
+                          f"or DirectPred (directpred.enabled=True); got predictor_hidden={hidden}, "
+                          f"directpred.enabled={dp}")
+    if not method.predictor and (hidden or dp):
+        raise ConfigError(f"loss {name!r} has no predictor: set model.predictor_hidden=() and "
+                          "directpred.enabled=False")
+    if method.target:
+        try:
+            momentum.ema_momentum(0, 1, config.ema.momentum, config.ema.momentum_end)
+        except ValueError as e:
+            raise ConfigError(f"config.ema: {e}") from None
+    if method.kind == "queue":
+        try:
+            momentum.check_queue_size(config.queue_size, config.batch_size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif config.queue_size:
+        raise ConfigError(f"queue_size={config.queue_size} but loss {name!r} keeps no queue; set queue_size=0")
+
+
+def _check_grad_cache(config, mesh, augment, method: Method | None) -> None:
     chunks = config.grad_cache_chunks
     if chunks == 0:
         return
     rows = config.batch_size // mesh.devices.size * augment.num_views
-    if family != "views":
-        raise ConfigError(f"grad_cache_chunks={chunks}: GradCache is wired for the view-based losses only, "
-                          f"not loss.name={config.loss.name!r}")
+    if method is None or method.kind != "contrastive":
+        raise ConfigError(f"grad_cache_chunks={chunks}: GradCache is wired for the contrastive view-based losses "
+                          f"only, not loss.name={config.loss.name!r}")
+    if config.model.head_norm == "batch":
+        raise ConfigError(f"grad_cache_chunks={chunks} needs an encoder that does not mix examples; "
+                          "model.head_norm='batch' does (its statistics would be per sub-batch)")
     if chunks < 0 or rows % chunks:
         raise ConfigError(f"grad_cache_chunks={chunks} must divide each device's {rows} encoded rows "
                           f"(batch_size / devices x augment.num_views)")
@@ -194,10 +225,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 def _build_views(config, setup, workdir: pathlib.Path) -> Built:
     train_source = load_split(config, config.data.train_split)
     model = build_model(config.model, tuple(train_source[0]["image"].shape), seed=config.seed)
-    graphdef, state = init_state(model, setup.tx, config.seed)
+    graphdef, state = init_state(model, setup.tx, config.seed, method=setup.method, queue_size=config.queue_size)
     pixel_max = pipeline.max_pixel_value(config.data.name)
     train_step = make_train_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
-                                 max_pixel_value=pixel_max, grad_cache_chunks=config.grad_cache_chunks)
+                                 max_pixel_value=pixel_max, grad_cache_chunks=config.grad_cache_chunks,
+                                 method=setup.method, num_steps=config.num_steps,
+                                 ema_momentum=(config.ema.momentum, config.ema.momentum_end),
+                                 directpred_cfg=config.directpred)
 
     def evaluate(state):
         test_source = load_split(config, config.data.test_split)

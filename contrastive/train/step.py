@@ -4,6 +4,7 @@ The state is one pytree, checkpointed whole. Fields later methods fill in are al
 `target` for an EMA target network (BYOL, MoCo), `queue` for a FIFO of past keys (MoCo), `buffers` for
 per-sample state indexed by the dataset's `index` field (e.g. iSogCLR temperatures).
 
+Which extra state a method needs and what its step computes is in `contrastive.train.methods`.
 Inside the step, the global batch (sharded over the mesh's `data` axis) is augmented, encoded and
 projected under `jax.jit`, which partitions that work over the devices; the loss runs under
 `jax.shard_map`, so each device holds its own rows and the loss gathers the global negatives exactly.
@@ -22,7 +23,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from contrastive.data.augment import AugmentConfig, augment_views
+from contrastive.models import directpred
 from contrastive.parallel.gradcache import grad_cache
+from contrastive.train import momentum
+from contrastive.train.methods import METHODS, Method, make_forward
 
 
 @struct.dataclass
@@ -37,10 +41,20 @@ class TrainState:
     buffers: Any = struct.field(default_factory=dict)  # per-sample state
 
 
-def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> tuple[nnx.GraphDef, TrainState]:
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, *, method: Method | None = None,
+               queue_size: int = 0) -> tuple[nnx.GraphDef, TrainState]:
+    """The state at step 0; with `method`, also what it needs: the EMA target starts as a copy of the
+    online parameters, the queue as `queue_size` random unit keys, DirectPred's correlation at zero."""
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                        opt_state=tx.init(params), rng=jax.random.PRNGKey(seed))
+    if method is not None and method.target:
+        state = state.replace(target=jax.tree.map(jnp.copy, params))  # copies: the step donates both
+    if method is not None and method.kind == "queue":
+        state = state.replace(queue=momentum.init_queue(jax.random.fold_in(state.rng, 0x51), queue_size,
+                                                        model.projection_dim))
+    if method is not None and method.predictor and model.predictor is None:
+        state = state.replace(buffers={"correlation": directpred.init_correlation(model.projection_dim)})
     return graphdef, state
 
 
@@ -48,32 +62,37 @@ def images_to_float(images: jax.Array, max_value: float) -> jax.Array:
     return images.astype(jnp.float32) / max_value
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective,
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss,
                     augment: AugmentConfig, mesh: jax.sharding.Mesh, *, max_pixel_value: float,
-                    grad_cache_chunks: int = 0):
+                    grad_cache_chunks: int = 0, method: Method = METHODS["nt_xent"], num_steps: int = 1,
+                    ema_momentum: tuple[float, float] = (0.996, 1.0), directpred_cfg=None):
     """`step(state, batch) -> (state, metrics)`, jitted, donating the old state.
 
     `batch` holds `image` [B, H, W, C] (integers up to `max_pixel_value`) and `label` [B], sharded along
-    `data`. `metrics` are scalars: `loss`, the loss's own metrics, and `grad_norm`.
+    `data`. `method` (see `contrastive.train.methods`) says what `loss` needs; for the contrastive kind
+    `loss` is an objective `(z [b, V, D], labels, *, axis_name)`. `metrics` are scalars: `loss`, the
+    loss's own metrics, `grad_norm`, and `ema_momentum` for methods with a target.
 
-    With `grad_cache_chunks=k > 0` the gradient is computed by GradCache (`contrastive.parallel.grad_cache`):
-    each device encodes its views in k sub-batches, so encoder activations of only one sub-batch are
-    alive at a time, and the gradient is the same as the plain step's (up to float rounding). The
-    encoder must not mix examples (no BatchNorm), which holds for the models here.
+    After the optimizer update the step writes back BatchNorm statistics, the EMA target
+    (momentum cosine from `ema_momentum[0]` to `[1]` over `num_steps`), the key queue and DirectPred's
+    correlation (`contrastive.train.momentum`).
+
+    With `grad_cache_chunks=k > 0` (contrastive kind only) the gradient is computed by GradCache
+    (`contrastive.parallel.grad_cache`): each device encodes its views in k sub-batches, so encoder
+    activations of only one sub-batch are alive at a time, and the gradient is the same as the plain
+    step's (up to float rounding). The encoder must not mix examples (no BatchNorm).
     """
-    loss_on_mesh = jax.shard_map(
-        lambda z, labels: objective(z, labels, axis_name="data"),
-        mesh=mesh, in_specs=(P("data"), P("data")), out_specs=(P(), P()))
+    forward = make_forward(method, loss, mesh, directpred_cfg=directpred_cfg)
 
     def local_grad_cache(params, model_state, views, labels):
         encode = lambda p, x, key: nnx.merge(graphdef, p, model_state)(x)
-        loss_of = lambda z: objective(z.reshape(labels.shape[0], augment.num_views, -1), labels, axis_name="data")
-        loss, metrics, grads = grad_cache(encode, loss_of, params, views, num_chunks=grad_cache_chunks,
-                                          axis_name="data")
-        return (loss, metrics), grads
+        loss_of = lambda z: loss(z.reshape(labels.shape[0], augment.num_views, -1), labels, axis_name="data")
+        value, metrics, grads = grad_cache(encode, loss_of, params, views, num_chunks=grad_cache_chunks,
+                                           axis_name="data")
+        return (value, (metrics, model_state, {})), grads
 
     grad_cache_on_mesh = jax.shard_map(local_grad_cache, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
-                                       out_specs=((P(), P()), P()))
+                                       out_specs=((P(), (P(), P(), P())), P()))
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         images = images_to_float(batch["image"], max_pixel_value)
@@ -81,17 +100,32 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
         key = jax.random.fold_in(state.rng, state.step)
         # Rows are identified by their global position, so views do not depend on the sharding.
         views = augment_views(key, images, jnp.arange(batch_size), augment)
-        flat_views = views.reshape(batch_size * augment.num_views, *images.shape[1:])
+        loss_key = jax.random.fold_in(key, 1)  # the loss's own sampling (W-MSE, MoCHi, FT)
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.model_state)
-            z = model(flat_views).reshape(batch_size, augment.num_views, -1)
-            return loss_on_mesh(z, batch["label"])
+            # copy=True: BatchNorm writes its batch statistics into variables of this trace level.
+            model = nnx.merge(graphdef, params, state.model_state, copy=True)
+            target = nnx.merge(graphdef, state.target, state.model_state, copy=True) if method.target else None
+            value, metrics, out = forward(model, target, state, views, batch["label"], loss_key)
+            _, _, model_state = nnx.split(model, nnx.Param, ...)  # BatchNorm statistics of this batch
+            return value, (metrics, model_state, out)
 
         if grad_cache_chunks:
-            return _apply_gradients(state, tx, lambda p: grad_cache_on_mesh(p, state.model_state, flat_views,
-                                                                            batch["label"]))
-        return _apply_gradients(state, tx, jax.value_and_grad(loss_fn, has_aux=True))
+            flat = views.reshape(batch_size * augment.num_views, *images.shape[1:])
+            value_and_grad = lambda p: grad_cache_on_mesh(p, state.model_state, flat, batch["label"])
+        else:
+            value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+        state, (metrics, model_state, out) = _apply_gradients(state, tx, value_and_grad)
+        state = state.replace(model_state=model_state)
+        if method.target:
+            m = momentum.ema_momentum(state.step - 1, num_steps, *ema_momentum)
+            state = state.replace(target=momentum.ema_update(state.target, state.params, m))
+            metrics = {**metrics, "ema_momentum": m}
+        if "keys" in out:
+            state = state.replace(queue=momentum.enqueue(state.queue, out["keys"]))
+        if "correlation" in out:
+            state = state.replace(buffers={**state.buffers, "correlation": out["correlation"]})
+        return state, metrics
 
     return _jit_step(train_step, mesh)
 
@@ -143,13 +177,15 @@ def make_image_text_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformatio
 
 
 def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, value_and_grad_fn):
-    """One optimizer update from `value_and_grad_fn(params) -> ((loss, metrics), grads)`; adds `loss` and
-    `grad_norm` to the metrics."""
-    (loss, metrics), grads = value_and_grad_fn(state.params)
+    """One optimizer update from `value_and_grad_fn(params) -> ((loss, aux), grads)` where aux is the
+    metrics dict or a tuple starting with it; adds `loss` and `grad_norm` to the metrics."""
+    (loss, aux), grads = value_and_grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    metrics, rest = (aux[0], aux[1:]) if isinstance(aux, tuple) else (aux, None)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return (state, metrics) if rest is None else (state, (metrics, *rest))
 
 
 def _jit_step(train_step, mesh: jax.sharding.Mesh):
@@ -163,6 +199,8 @@ def make_encode_fn(graphdef: nnx.GraphDef):
 
     @jax.jit
     def encode(params, model_state, images):
-        return nnx.merge(graphdef, params, model_state).encode(images)
+        model = nnx.merge(graphdef, params, model_state)
+        model.eval()  # BatchNorm uses its running averages
+        return model.encode(images)
 
     return encode

@@ -1,0 +1,20 @@
+"""W-MSE on the digits: whiten each sub-batch of projections, then pull positives together.
+
+Ermolov et al., "Whitening for Self-Supervised Representation Learning", ICML 2021. W-MSE 2 (two views);
+`--config.augment.num_views=4` is W-MSE 4. Whitening groups of 128 rows of 32-d projections (w_size must
+exceed the dimension), statistics per device as in the reference (`loss.whitening='global'` pools them).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    del arg
+    c = common.base_config()
+    c.loss = ml_collections.ConfigDict({"name": "wmse", "w_size": 128, "w_iter": 1, "eps": 0.0,
+                                        "whitening": "local"})
+    c.model.head_norm = "batch"
+    c.model.projection_dim = 32
+    return c

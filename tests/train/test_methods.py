@@ -1,0 +1,198 @@
+"""BYOL, SimSiam, W-MSE, MoCo and DirectPred through the train step and the runner: the extra state
+(EMA target, key queue, correlation) and what the methods' papers say must hold."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from contrastive.data import pipeline
+from contrastive.data.augment import AugmentConfig, augment_views
+from contrastive.models import directpred
+from contrastive.models.encoders import build_model
+from contrastive.parallel.mesh import make_mesh
+from contrastive.train.config import ConfigError
+from contrastive.train.metrics_writer import read_metrics
+from contrastive.train.methods import make_forward
+from contrastive.train.objectives import make_view_loss
+from contrastive.train.optim import build_optimizer
+from contrastive.train.runner import load_split, train_and_evaluate
+from contrastive.train.step import images_to_float, init_state, make_train_step
+
+METHOD_CONFIGS = {
+    "byol": ("configs/byol_digits.py", {"model.predictor_hidden": (16,)}),
+    "simsiam": ("configs/simsiam_digits.py", {"model.predictor_hidden": (4,)}),
+    "wmse": ("configs/wmse_digits.py", {"loss.w_size": 32, "loss.whitening": "global"}),
+    "moco": ("configs/moco_digits.py", {"queue_size": 128}),
+    "moco_mochi": ("configs/moco_digits.py:mochi", {"queue_size": 128, "loss.mochi_hardest": 16,
+                                                    "loss.mochi_mix": 8, "loss.mochi_query_mix": 4}),
+    "moco_ft": ("configs/moco_digits.py:ft", {"queue_size": 128}),
+    "directpred": ("configs/directpred_digits.py", {}),
+}
+
+
+def method_config(tiny_config, name, **overrides):
+    path, own = METHOD_CONFIGS[name]
+    return tiny_config(path, **{**own, **overrides})
+
+
+def losses_of(workdir):
+    return [r["loss"] for r in read_metrics(workdir / "metrics.jsonl")]
+
+
+def built(config, num_devices=1):
+    """(graphdef, state, step, batch, method, loss, mesh) for one step of `config` by hand."""
+    mesh = make_mesh(num_devices)
+    source = load_split(config, "train")
+    model = build_model(config.model, tuple(source[0]["image"].shape), seed=config.seed)
+    augment = AugmentConfig(**config.augment)
+    method, loss = make_view_loss(config.loss, augment.num_views)
+    tx = build_optimizer(config.optimizer, config.num_steps)
+    graphdef, state = init_state(model, tx, config.seed, method=method, queue_size=config.queue_size)
+    step = make_train_step(graphdef, tx, loss, augment, mesh, max_pixel_value=16.0, method=method,
+                           num_steps=config.num_steps, ema_momentum=(config.ema.momentum, config.ema.momentum_end),
+                           directpred_cfg=config.directpred)
+    batches = pipeline.GlobalBatches(source, global_batch_size=config.batch_size, seed=0, mesh=mesh,
+                                     keys=("image", "label"))
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return graphdef, state, step, next(batches.iterate(0)), method, loss, mesh
+
+
+def views_of(config, state, batch):
+    images = images_to_float(batch["image"], 16.0)
+    key = jax.random.fold_in(state.rng, state.step)
+    return augment_views(key, images, jnp.arange(images.shape[0]), AugmentConfig(**config.augment))
+
+
+@pytest.mark.parametrize("name", ["byol", "moco"])
+def test_target_branch_gets_exactly_zero_gradient(tiny_config, name):
+    config = method_config(tiny_config, name)
+    graphdef, state, _, batch, method, loss, mesh = built(config)
+    forward = make_forward(method, loss, mesh, directpred_cfg=config.directpred)
+    views = views_of(config, state, batch)
+
+    def value(params, target_params):
+        model = nnx.merge(graphdef, params, state.model_state, copy=True)
+        target = nnx.merge(graphdef, target_params, state.model_state, copy=True)
+        return forward(model, target, state, views, batch["label"], jax.random.PRNGKey(0))[0]
+
+    online_grad, target_grad = jax.grad(value, argnums=(0, 1))(state.params, state.target)
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(target_grad))
+    assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(online_grad))
+
+
+def test_ema_target_follows_the_online_network(tiny_config):
+    config = method_config(tiny_config, "byol", **{"ema.momentum": 0.9, "ema.momentum_end": 0.9})
+    _, state, step, batch, *_ = built(config)
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = step(state, batch)
+    assert float(metrics["ema_momentum"]) == pytest.approx(0.9)
+    for t, old, new in zip(*(jax.tree.leaves(x) for x in (state.target, before, state.params))):
+        np.testing.assert_allclose(t, 0.9 * old + 0.1 * np.asarray(new), rtol=1e-5, atol=1e-7)
+
+
+def test_queue_holds_the_keys_of_every_device_in_global_order(tiny_config):
+    config = method_config(tiny_config, "moco")
+    results = {}
+    for devices in (1, 8):
+        graphdef, state, step, batch, method, loss, mesh = built(config, devices)
+        initial = np.asarray(state.queue["keys"])
+        keys = nnx.merge(graphdef, state.target, state.model_state)(views_of(config, state, batch)[:, 1])
+        state, metrics = step(state, batch)
+        results[devices] = (np.asarray(state.queue["keys"]), float(metrics["loss"]))
+    queue, batch_size = results[8][0], config.batch_size
+    expected = np.asarray(keys / jnp.linalg.norm(keys, axis=1, keepdims=True))
+    np.testing.assert_allclose(queue[:batch_size], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(queue[batch_size:], initial[batch_size:])
+    np.testing.assert_allclose(results[8][0], results[1][0], rtol=1e-4, atol=1e-5)
+    assert results[8][1] == pytest.approx(results[1][1], rel=1e-5)
+
+
+def test_directpred_correlation_and_predictor_after_a_step(tiny_config):
+    config = method_config(tiny_config, "directpred")
+    graphdef, state, step, batch, *_ = built(config)
+    z = nnx.merge(graphdef, state.params, state.model_state)(
+        views_of(config, state, batch).reshape(-1, 8, 8, 1))
+    state, _ = step(state, batch)
+    z = np.asarray(z, np.float64)
+    expected = z.T @ z / len(z)  # the first update stores E[z z^T] (the authors' empty EMA)
+    np.testing.assert_allclose(state.buffers["correlation"], expected, rtol=1e-4, atol=1e-6)
+    lam, u = np.linalg.eigh(expected)
+    lam = np.clip(lam, 0, None)
+    w = u @ np.diag(np.sqrt(lam / lam.max()) + config.directpred.eps) @ u.T
+    np.testing.assert_allclose(directpred.predictor_weights(state.buffers["correlation"],
+                                                            eps=config.directpred.eps), w, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(METHOD_CONFIGS))
+def test_one_device_equals_eight_devices(tiny_config, tmp_path, name):
+    """Global-batch semantics for every method, BatchNorm (synchronised) and the EMA and queue included."""
+    for devices in (1, 8):
+        train_and_evaluate(method_config(tiny_config, name, num_steps=8, num_devices=devices), tmp_path / str(devices))
+    a, b = losses_of(tmp_path / "1"), losses_of(tmp_path / "8")
+    assert len(a) == len(b) == 8 and all(np.isfinite(a))
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name,overrides,message", [
+    ("byol", {"model.predictor_hidden": ()}, "needs exactly one predictor"),
+    ("byol", {"directpred.enabled": True}, "needs exactly one predictor"),
+    ("moco", {"model.predictor_hidden": (8,)}, "has no predictor"),
+    ("moco", {"queue_size": 100}, "queue_size=100 must be a positive multiple of the global batch size 64"),
+    ("byol", {"queue_size": 64}, "keeps no queue"),
+    ("byol", {"ema.momentum": 1.5}, "config.ema: EMA momentum must satisfy"),
+    ("byol", {"grad_cache_chunks": 2}, "GradCache is wired for the contrastive view-based losses only"),
+    ("moco", {"augment.num_views": 3}, "needs augment.num_views=2"),
+    ("moco", {"loss.key": 3}, "unknown config key"),
+])
+def test_bad_method_configs_fail_before_compute(tiny_config, tmp_path, name, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(method_config(tiny_config, name, **overrides), tmp_path)
+    assert not tmp_path.joinpath("config.json").exists()
+
+
+def test_grad_cache_refuses_batch_norm(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="head_norm='batch' does"):
+        train_and_evaluate(tiny_config(grad_cache_chunks=2, **{"model.head_norm": "batch"}), tmp_path)
+
+
+def output_std(workdir):
+    return [r["output_std"] for r in read_metrics(workdir / "metrics.jsonl")]
+
+
+@pytest.mark.slow
+def test_simsiam_collapses_without_the_stop_gradient(tiny_config, tmp_path):
+    """Chen & He (2021), Fig. 2: without the stop-gradient the l2-normalised outputs collapse to one point
+    (their std over the batch goes to 0); with it they stay spread (1/sqrt(d) for isotropic outputs)."""
+    dim = 8
+    for stop in (True, False):
+        train_and_evaluate(method_config(tiny_config, "simsiam", num_steps=150, log_every=10,
+                                         **{"loss.stop_gradient": stop, "model.projection_dim": dim}),
+                           tmp_path / str(stop))
+    kept, collapsed = output_std(tmp_path / "True")[-1], output_std(tmp_path / "False")[-1]
+    assert collapsed < 0.02 / np.sqrt(dim)
+    assert kept > 0.3 / np.sqrt(dim)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["byol", "moco"])
+def test_killed_run_resumes_exactly_with_target_and_queue(tiny_config, tmp_path, name):
+    import signal
+
+    from tests.train.test_runner import start_cli, wait_for_step
+
+    config = method_config(tiny_config, name, num_steps=60, **{"checkpoint.every_steps": 10})
+    proc = start_cli(config, tmp_path / "killed")
+    wait_for_step(proc, tmp_path / "killed", 25)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert 25 <= len(read_metrics(tmp_path / "killed" / "metrics.jsonl")) < 60
+    resumed = start_cli(config, tmp_path / "killed")
+    err = resumed.communicate()[1]
+    assert resumed.returncode == 0 and "resumed from the checkpoint at step" in err, err
+    full = start_cli(config, tmp_path / "full")
+    assert full.wait() == 0
+    # The losses after the resume depend on the restored EMA target (and queue): equal to the bit.
+    assert losses_of(tmp_path / "killed") == losses_of(tmp_path / "full")
