@@ -38,7 +38,11 @@ class MLP(nnx.Module):
 
     def __init__(self, in_features: int, widths: Sequence[int], *, rngs: nnx.Rngs, norm: str = "layer"):
         dims = [in_features, *widths]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+        # A bias right before BatchNorm is cancelled by its mean: its gradient is zero up to round-off,
+        # which Adam would amplify into lr-sized steps of noise. Leave it out, as ResNets do.
+        biased = [norm != "batch" for _ in widths[:-1]] + [True]
+        self.layers = nnx.List([nnx.Linear(a, b, use_bias=bias, rngs=rngs)
+                                for a, b, bias in zip(dims[:-1], dims[1:], biased)])
         self.norms = nnx.List([_norm_layer(norm, w, rngs) for w in widths[:-1]])
 
     def __call__(self, x: jax.Array) -> jax.Array:

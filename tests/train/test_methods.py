@@ -128,12 +128,20 @@ def test_directpred_correlation_and_predictor_after_a_step(tiny_config):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHOD_CONFIGS))
 def test_one_device_equals_eight_devices(tiny_config, tmp_path, name):
-    """Global-batch semantics for every method, BatchNorm (synchronised) and the EMA and queue included."""
+    """Global-batch semantics for every method, BatchNorm (synchronised) and the EMA and queue included.
+
+    With SGD: Adam divides each gradient by its own magnitude, so parameters whose gradient is round-off
+    (SimSiam at initialisation has many) take lr-sized steps whose signs depend on the reduction order,
+    and 1 and 8 devices drift apart by ~1e-4 within a few steps although their gradients agree to ~1e-7.
+    """
     for devices in (1, 8):
-        train_and_evaluate(method_config(tiny_config, name, num_steps=8, num_devices=devices), tmp_path / str(devices))
+        config = method_config(tiny_config, name, num_steps=8, num_devices=devices,
+                               **{"optimizer.name": "sgd", "optimizer.lr": 0.05})
+        train_and_evaluate(config, tmp_path / str(devices))
     a, b = losses_of(tmp_path / "1"), losses_of(tmp_path / "8")
     assert len(a) == len(b) == 8 and all(np.isfinite(a))
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert a[-1] != a[0]  # it trains
 
 
 @pytest.mark.parametrize("name,overrides,message", [
