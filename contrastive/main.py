@@ -29,9 +29,7 @@ def run(argv: list[str] | None = None) -> int:
     from contrastive.train.runner import Interrupted, NonFiniteLossError, train_and_evaluate
 
     try:
-        config = config_lib.load_config(args.config)
-        for key, text in config_lib.parse_overrides(rest):
-            config_lib.apply_override(config, key, text)
+        config = config_lib.load_config(args.config, config_lib.parse_overrides(rest))
         train_and_evaluate(config, args.workdir)
     except (config_lib.ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -65,9 +65,7 @@ def main(argv=None) -> None:
     results = {}
     for loss in args.losses:
         name = f"{loss}_digits"
-        config = config_lib.load_config(str(ROOT / "configs" / f"{name}.py"))
-        for key, text in overrides:
-            config_lib.apply_override(config, key, text)
+        config = config_lib.load_config(str(ROOT / "configs" / f"{name}.py"), overrides)
         config.progress = False
         start = time.perf_counter()
         result = train_and_evaluate(config, pathlib.Path(args.workdir) / name)

@@ -57,7 +57,9 @@ def summarise(rows: dict, seeds: list[int], command: str) -> str:
              "| method | linear probe | kNN | random init: linear probe | random init: kNN | beats its random init "
              "| steps/s |", "|---|---|---|---|---|---|---|"]
     for label, runs in rows.items():
-        get = lambda rep, m: [r["eval"][rep][m] for r in runs]  # noqa: E731
+        def get(rep, metric, runs=runs):
+            return [r["eval"][rep][metric] for r in runs]
+
         beats = all(np.mean(get("learned", m)) > np.mean(get("random_init", m)) for m in ("linear_probe", "knn"))
         lines.append(f"| {label}: {METHODS[label][1]} | {stat(get('learned', 'linear_probe'))} | "
                      f"{stat(get('learned', 'knn'))} | {stat(get('random_init', 'linear_probe'))} | "
@@ -83,9 +85,7 @@ def main(argv=None) -> None:
     for label in args.methods:
         rows[label] = []
         for seed in args.seeds:
-            config = config_lib.load_config(METHODS[label][0])
-            for key, text in overrides:
-                config_lib.apply_override(config, key, text)
+            config = config_lib.load_config(METHODS[label][0], overrides)
             config.seed, config.progress = seed, False
             workdir = pathlib.Path(args.workdir) / label / f"seed{seed}"
             start = time.perf_counter()

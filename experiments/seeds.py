@@ -67,9 +67,7 @@ def main(argv=None) -> None:
 
     per_seed = []
     for seed in args.seeds:
-        config = config_lib.load_config(args.config)
-        for key, text in overrides:
-            config_lib.apply_override(config, key, text)
+        config = config_lib.load_config(args.config, overrides)
         config.seed = seed
         config.progress = False
         start = time.perf_counter()

@@ -21,8 +21,9 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what would be valid."""
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Load `path.py` or `path.py:arg` and return its `get_config(arg)`."""
+def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+    """Load `path.py` or `path.py:arg` and return its `get_config(arg)` with the (key, text) `overrides`
+    (from `parse_overrides`) applied."""
     path, _, arg = spec.partition(":")
     file = pathlib.Path(path).resolve()
     if not file.is_file():
@@ -38,6 +39,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"--config: {path} has no get_config()")
     params = inspect.signature(module.get_config).parameters
     config = module.get_config(arg or None) if params else module.get_config()
+    for key, text in overrides:
+        apply_override(config, key, text)
     return config
 
 

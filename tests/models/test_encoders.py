@@ -1,7 +1,7 @@
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import pytest
 
 from contrastive.models.encoders import build_model

@@ -13,8 +13,8 @@ from contrastive.models import directpred
 from contrastive.models.encoders import build_model
 from contrastive.parallel.mesh import make_mesh
 from contrastive.train.config import ConfigError
-from contrastive.train.metrics_writer import read_metrics
 from contrastive.train.methods import make_forward
+from contrastive.train.metrics_writer import read_metrics
 from contrastive.train.objectives import make_view_loss
 from contrastive.train.optim import build_optimizer
 from contrastive.train.runner import load_split, train_and_evaluate
