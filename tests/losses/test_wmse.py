@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from contrastive.losses.wmse import whiten, wmse
@@ -69,18 +70,12 @@ def jax_groups(key, b, rows, w_iter, offset=0):
     ]
 
 
-def sharded_groups(key, b_local, share, w_iter, whitening):
-    """Groups of the global rows on DEVICES devices: per-device keys fold_in(key, d)."""
+def local_groups(key, b_local, w_size, w_iter):
+    """Local whitening on DEVICES devices: device d groups its own rows with the key fold_in(key, d)."""
     per_device = [
-        jax_groups(jax.random.fold_in(key, d), b_local, share, w_iter, offset=d * b_local) for d in range(DEVICES)
+        jax_groups(jax.random.fold_in(key, d), b_local, w_size, w_iter, offset=d * b_local) for d in range(DEVICES)
     ]
-    if whitening == "local":
-        return [sum((per_device[d][k] for d in range(DEVICES)), []) for k in range(w_iter)]
-    groups_per_device = b_local // share
-    return [
-        [np.concatenate([per_device[d][k][g] for d in range(DEVICES)]) for g in range(groups_per_device)]
-        for k in range(w_iter)
-    ]
+    return [sum((per_device[d][k] for d in range(DEVICES)), []) for k in range(w_iter)]
 
 
 def embeddings(seed, b, views=2, dim=DIM):
@@ -122,10 +117,26 @@ def test_random_groups_four_views_and_shrinkage_match_numpy():
     assert not np.isclose(loss, np_wmse(z, jax_groups(jax.random.key(1), 32, 8, 3), eps=0.1), rtol=1e-3)
 
 
-def test_global_whitening_with_one_group_on_eight_devices_equals_one_device():
-    assert_distributed_equivalent(
-        wmse, (embeddings(3, 16),), 1, static={"w_size": 16, "whitening": "global"}, rtol=1e-4, key=KEY
-    )
+@pytest.mark.parametrize(
+    "n, w_size, views, eps",
+    [(16, 16, 2, 0.0), (64, 16, 2, 0.0), (48, 12, 4, 0.1)],
+    ids=["one-group", "four-groups", "four-groups-of-12-four-views-shrinkage"],
+)
+def test_global_whitening_on_eight_devices_equals_one_device(n, w_size, views, eps):
+    """Global groups are those of axis_name=None on the concatenated batch (w_size need not be a multiple of 8)."""
+    static = {"w_size": w_size, "w_iter": 2, "whitening": "global"}
+    z = embeddings(3, n, views)
+    assert_distributed_equivalent(wmse, (z,), 1, static=static, rtol=1e-4, key=KEY, eps=eps)
+
+
+def test_global_whitening_does_not_depend_on_the_number_of_devices():
+    z = embeddings(7, 64)
+    one = jax.jit(lambda a: wmse(a, key=KEY, w_size=16, w_iter=2)[0])(z)
+    for devices in (1, 2, 4):
+        fn = lambda a: wmse(a, key=KEY, w_size=16, w_iter=2, whitening="global", axis_name="data")[0]
+        mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+        sharded = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P("data"), out_specs=P()))
+        np.testing.assert_allclose(sharded(z), one, rtol=1e-5, err_msg=f"{devices} devices")
 
 
 @pytest.mark.parametrize(
@@ -134,9 +145,12 @@ def test_global_whitening_with_one_group_on_eight_devices_equals_one_device():
     ids=["local-one-group-per-device", "local-two-groups-per-device", "global-four-groups"],
 )
 def test_eight_devices_match_numpy_per_device_or_global_groups(whitening, b_local, w_size):
+    """Local: each device permutes its rows with fold_in(key, d). Global: one permutation of the N rows."""
     z = embeddings(4, DEVICES * b_local)
-    share = w_size if whitening == "local" else w_size // DEVICES
-    groupings = sharded_groups(KEY, b_local, share, 2, whitening)
+    if whitening == "local":
+        groupings = local_groups(KEY, b_local, w_size, 2)
+    else:
+        groupings = jax_groups(KEY, len(z), w_size, 2)
     for groups in groupings:  # every row is in exactly one group
         np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.arange(len(z)))
     f = value_and_grad(wmse, 1, distributed=True, w_size=w_size, w_iter=2, whitening=whitening)
@@ -184,8 +198,8 @@ def trace(z_shape, axis_name=None, **kwargs):
         ((16, 2, 4), {"w_size": 16, "whitening": "batch"}, "whitening must be one of"),
         ((16, 2, 4), {"w_size": 12}, r"w_size \(12\) must divide the local batch \(16 rows\)"),
         ((16, 2, 8), {"w_size": 8}, r"w_size \(8\) must be larger than the embedding dimension D \(8\).*singular"),
-        ((64, 2, 4), {"w_size": 12, "whitening": "global", "axis_name": "data"}, "multiple of the number"),
-        ((64, 2, 4), {"w_size": 48, "whitening": "global", "axis_name": "data"}, "per-device share"),
+        ((64, 2, 4), {"w_size": 12, "whitening": "local", "axis_name": "data"}, r"divide the local batch \(8 rows\)"),
+        ((64, 2, 4), {"w_size": 48, "whitening": "global", "axis_name": "data"}, r"divide the global batch \(64 rows"),
     ],
 )
 def test_bad_arguments_raise(z_shape, kwargs, match):
@@ -195,3 +209,8 @@ def test_bad_arguments_raise(z_shape, kwargs, match):
 
 def test_shrinkage_allows_groups_not_larger_than_the_dimension():
     trace((16, 2, 8), w_size=8, eps=0.1)
+
+
+def test_global_groups_may_exceed_or_not_divide_the_local_batch():
+    trace((96, 2, 4), w_size=12, whitening="global", axis_name="data")  # 12 rows per device, 8 groups
+    trace((64, 2, 4), w_size=32, whitening="global", axis_name="data")  # 8 rows per device, 2 groups
