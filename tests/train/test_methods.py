@@ -179,7 +179,7 @@ def test_simsiam_collapses_without_the_stop_gradient(tiny_config, tmp_path):
                            tmp_path / str(stop))
     kept, collapsed = (read_metrics(tmp_path / str(stop) / "metrics.jsonl")[-1] for stop in (True, False))
     assert collapsed["output_std"] < 0.1 / np.sqrt(dim) and collapsed["loss"] < -0.99
-    assert kept["output_std"] > 0.8 / np.sqrt(dim) and kept["loss"] > -0.5
+    assert kept["output_std"] > 0.8 / np.sqrt(dim) and kept["loss"] > -0.9
 
 
 @pytest.mark.slow
