@@ -54,14 +54,14 @@ def summarise(rows: dict, seeds: list[int], command: str) -> str:
 
     lines = [f"Digits (1,352 train / 445 test), {len(seeds)} seeds ({', '.join(map(str, seeds))}); test accuracy in "
              "%, mean ± sample std. *random init* is the same encoder before training (same seed).", "",
-             "| method | linear probe | kNN | random init: linear probe | random init: kNN | beats its random init "
-             "| steps/s |", "|---|---|---|---|---|---|---|"]
+             "| method | steps | linear probe | kNN | random init: linear probe | random init: kNN | beats its random "
+             "init | steps/s |", "|---|---|---|---|---|---|---|---|"]
     for label, runs in rows.items():
         def get(rep, metric, runs=runs):
             return [r["eval"][rep][metric] for r in runs]
 
         beats = all(np.mean(get("learned", m)) > np.mean(get("random_init", m)) for m in ("linear_probe", "knn"))
-        lines.append(f"| {label}: {METHODS[label][1]} | {stat(get('learned', 'linear_probe'))} | "
+        lines.append(f"| {label}: {METHODS[label][1]} | {runs[0]['eval']['step']} | {stat(get('learned', 'linear_probe'))} | "
                      f"{stat(get('learned', 'knn'))} | {stat(get('random_init', 'linear_probe'))} | "
                      f"{stat(get('random_init', 'knn'))} | {'yes' if beats else 'NO'} | "
                      f"{np.mean([r['steps_per_s'] for r in runs]):.1f} |")
