@@ -61,7 +61,8 @@ def summarise(rows: dict, seeds: list[int], command: str) -> str:
             return [r["eval"][rep][metric] for r in runs]
 
         beats = all(np.mean(get("learned", m)) > np.mean(get("random_init", m)) for m in ("linear_probe", "knn"))
-        lines.append(f"| {label}: {METHODS[label][1]} | {runs[0]['eval']['step']} | {stat(get('learned', 'linear_probe'))} | "
+        lines.append(f"| {label}: {METHODS[label][1]} | {runs[0]['eval']['step']} | "
+                     f"{stat(get('learned', 'linear_probe'))} | "
                      f"{stat(get('learned', 'knn'))} | {stat(get('random_init', 'linear_probe'))} | "
                      f"{stat(get('random_init', 'knn'))} | {'yes' if beats else 'NO'} | "
                      f"{np.mean([r['steps_per_s'] for r in runs]):.1f} |")
