@@ -100,7 +100,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         key = jax.random.fold_in(state.rng, state.step)
         # Rows are identified by their global position, so views do not depend on the sharding.
         views = augment_views(key, images, jnp.arange(batch_size), augment)
-        loss_key = jax.random.fold_in(key, 1)  # the loss's own sampling (W-MSE, MoCHi, FT)
+        # The loss's own sampling (W-MSE, MoCHi, FT): an index no batch row reaches, so it is independent
+        # of every view's augmentation stream fold_in(key, row).
+        loss_key = jax.random.fold_in(key, jnp.uint32(2**32 - 1))
 
         def loss_fn(params):
             # copy=True: BatchNorm writes its batch statistics into variables of this trace level.
