@@ -17,8 +17,8 @@ BYOL ``L = 4 - 4c``, SimSiam ``L = -c``. ``2 - 2 cos(p, t)`` is the squared dist
 
 Reduction: ``psum(local sum) / (2N)`` over the mesh axis, so every device returns the global-batch value
 and ``jax.grad`` of the shard_mapped loss equals the single-device gradient. Cosines are computed in float32
-with unit vectors ``x / max(|x|, 1e-12)`` (torch's ``F.normalize``); the norm is taken as
-``sqrt(max(|x|^2, 1e-24))`` so that zero vectors give finite values AND finite gradients.
+with unit vectors ``x / max(|x|, 1e-12)`` (torch's ``F.normalize``; ``core.l2_normalize``, whose zero
+vectors give finite values AND finite gradients).
 
 Metrics: ``cos_sim`` = ``c``; ``output_std`` = the SimSiam collapse monitor, the std over the global batch
 of each dimension of the l2-normalised targets (both views pooled), averaged over dimensions: about
@@ -30,22 +30,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from contrastive.losses.core import check_rank, check_same_shape, global_sum, num_devices
+from contrastive.losses.core import check_rank, check_same_shape, global_sum, l2_normalize, num_devices
 
 Array = jax.Array
 
-_NORM_EPS = 1e-12
-
-
-def unit_rows(x: Array) -> Array:
-    """``x / max(|x|, 1e-12)`` along the last axis in float32, with finite gradients at ``x = 0``."""
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_EPS**2))
-
-
 def row_cosine(a: Array, b: Array) -> Array:
     """Cosine similarity of matching rows (float32), shape ``a.shape[:-1]``."""
-    return jnp.sum(unit_rows(a) * unit_rows(b), axis=-1)
+    return jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
 
 
 def output_std(z: Array, axis_name: str | None = None) -> Array:
@@ -54,7 +45,7 @@ def output_std(z: Array, axis_name: str | None = None) -> Array:
     ``z`` is [..., D]; all leading axes (rows, views) are pooled. Population std (divide by the count),
     from psum'ed first and then centred second moments; stop-gradient'ed (a monitor, not a loss).
     """
-    u = jax.lax.stop_gradient(unit_rows(z)).reshape(-1, z.shape[-1])
+    u = jax.lax.stop_gradient(l2_normalize(z)).reshape(-1, z.shape[-1])
     count = u.shape[0] * num_devices(axis_name)
     mean = global_sum(jnp.sum(u, axis=0), axis_name) / count
     var = global_sum(jnp.sum(jnp.square(u - mean), axis=0), axis_name) / count

@@ -93,10 +93,11 @@ def global_sum(x: Array, axis_name: str | None) -> Array:
 
 # ----------------------------------------------------------------------------------------- similarity
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-    """Unit-norm rows, computed in float32 (cosine similarity of bfloat16 embeddings is not bf16)."""
+    """Unit-norm rows ``x / max(|x|, eps)``, computed in float32 (cosine similarity of bfloat16 embeddings
+    is not bf16). Written as ``x * rsqrt(max(|x|^2, eps^2))`` so that a zero row has a finite gradient
+    (``sqrt`` at 0 has an infinite one)."""
     x = x.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def similarity(queries: Array, keys: Array) -> Array:
