@@ -2,7 +2,9 @@
 
 Ermolov et al., "Whitening for Self-Supervised Representation Learning", ICML 2021. W-MSE 2 (two views);
 `--config.augment.num_views=4` is W-MSE 4. Whitening groups of 128 rows of 32-d projections (w_size must
-exceed the dimension), statistics per device as in the reference (`loss.whitening='global'` pools them).
+exceed the dimension). `whitening='global'` groups the global batch and psums the statistics, so the run is
+the same on any number of devices; `'local'` is the reference's per-GPU statistics (each device whitens
+groups of its own rows, so w_size must divide the per-device batch).
 """
 
 import ml_collections
@@ -14,7 +16,7 @@ def get_config(arg: str | None = None):
     del arg
     c = common.base_config()
     c.loss = ml_collections.ConfigDict({"name": "wmse", "w_size": 128, "w_iter": 1, "eps": 0.0,
-                                        "whitening": "local"})
+                                        "whitening": "global"})
     c.model.head_norm = "batch"
     c.model.projection_dim = 32
     return c
