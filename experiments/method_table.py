@@ -69,7 +69,21 @@ def summarise(rows: dict, seeds: list[int], command: str) -> str:
     first = next(iter(rows.values()))[0]["eval"]
     lines += ["", f"kNN: k={first['knn_k']}, T={first['knn_temperature']}, cosine; linear probe: multinomial logistic "
               "regression with L2 chosen on a held-out fifth of train. *beats its random init*: the mean linear "
-              "probe and the mean kNN accuracy both exceed the random-init ones.", "", f"Produced by `{command}`."]
+              "probe and the mean kNN accuracy both exceed the random-init ones."]
+    for metric, name in (("linear_probe", "linear probe"), ("knn", "kNN")):
+        close = []
+        for label, runs in rows.items():
+            learned = [r["eval"]["learned"][metric] for r in runs]
+            rand = [r["eval"]["random_init"][metric] for r in runs]
+            spread = max(np.std(learned, ddof=1), np.std(rand, ddof=1)) if len(runs) > 1 else 0.0
+            if np.mean(learned) - np.mean(rand) <= spread:
+                close.append(label)
+        if close:
+            lines.append(f"Mean {name} margin over the random init no larger than a seed's std (learned or random "
+                         f"init): {', '.join(close)}.")
+    lines += ["steps/s: the median over the run of the logged examples/s / batch size, on a shared 2-core CPU where "
+              "the same config varies by up to ~30% between seeds; read only large differences.", "",
+              f"Produced by `{command}`."]
     return "\n".join(lines) + "\n"
 
 
