@@ -25,9 +25,11 @@ METHOD_CONFIGS = {
     "simsiam": ("configs/simsiam_digits.py", {"model.predictor_hidden": (4,)}),
     "wmse": ("configs/wmse_digits.py", {"loss.w_size": 32, "loss.whitening": "global"}),
     "moco": ("configs/moco_digits.py", {"queue_size": 128}),
-    "moco_mochi": ("configs/moco_digits.py:mochi", {"queue_size": 128, "loss.mochi_hardest": 16,
-                                                    "loss.mochi_mix": 8, "loss.mochi_query_mix": 4}),
-    "moco_ft": ("configs/moco_digits.py:ft", {"queue_size": 128}),
+    # MoCHi and feature transformation together (each alone is a config of configs/moco_digits.py).
+    "moco_mochi_ft": ("configs/moco_digits.py:mochi", {"queue_size": 128, "loss.mochi_hardest": 16,
+                                                       "loss.mochi_mix": 8, "loss.mochi_query_mix": 4,
+                                                       "loss.ft_extrapolation_alpha": 2.0,
+                                                       "loss.ft_interpolation_alpha": 2.0}),
     "directpred": ("configs/directpred_digits.py", {}),
 }
 
