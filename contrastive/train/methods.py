@@ -50,7 +50,8 @@ METHODS = {
 }
 
 
-def _flat(views: jax.Array) -> jax.Array:
+def flatten_views(views: jax.Array) -> jax.Array:
+    """[B, V, ...] -> [B * V, ...], example-major (the rows of one example's views are adjacent)."""
     return views.reshape(views.shape[0] * views.shape[1], *views.shape[2:])
 
 
@@ -72,13 +73,13 @@ def make_forward(method: Method, loss, mesh: jax.sharding.Mesh, *, directpred_cf
         apply = on_mesh(lambda z, labels: loss(z, labels, axis_name="data"), rows, rows)
 
         def forward(model, target, state, views, labels, key):
-            return (*apply(_per_view(model(_flat(views)), views.shape[0]), labels), {})
+            return (*apply(_per_view(model(flatten_views(views)), views.shape[0]), labels), {})
 
     elif method.kind == "bootstrap":
         apply = on_mesh(lambda p, t: loss(p[:, 0], p[:, 1], t[:, 0], t[:, 1], axis_name="data"), rows, rows)
 
         def forward(model, target, state, views, labels, key):
-            batch, x = views.shape[0], _flat(views)
+            batch, x = views.shape[0], flatten_views(views)
             z = model(x)
             out = {}
             if directpred_cfg is not None and directpred_cfg.enabled:
@@ -94,7 +95,7 @@ def make_forward(method: Method, loss, mesh: jax.sharding.Mesh, *, directpred_cf
         apply = on_mesh(lambda z, key: loss(z, key=key, axis_name="data"), rows, same)
 
         def forward(model, target, state, views, labels, key):
-            return (*apply(_per_view(model(_flat(views)), views.shape[0]), key), {})
+            return (*apply(_per_view(model(flatten_views(views)), views.shape[0]), key), {})
 
     elif method.kind == "queue":
         apply = on_mesh(lambda q, k, queue, key: loss(q, k, queue, key=key, axis_name="data"),

@@ -113,14 +113,6 @@ def make_view_loss(loss_cfg, num_views: int) -> tuple[Method, Callable]:
     return method, functools.partial(loss_fn, **kwargs)
 
 
-def make_objective(loss_cfg, num_views: int) -> Objective:
-    """`objective(z, labels, *, axis_name)` for a contrastive `config.loss`, checked before any compute."""
-    method, objective = make_view_loss(loss_cfg, num_views)
-    if method.kind != "contrastive":
-        raise ConfigError(f"loss {loss_cfg.name!r} is not a contrastive objective of the projections alone")
-    return objective
-
-
 def make_image_text_objective(loss_cfg) -> Objective:
     """`objective(image, text, logit_scale, logit_bias, *, axis_name)` for an image-text `config.loss`."""
     name = loss_cfg.name

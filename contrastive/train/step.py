@@ -26,7 +26,7 @@ from contrastive.data.augment import AugmentConfig, augment_views
 from contrastive.models import directpred
 from contrastive.parallel.gradcache import grad_cache
 from contrastive.train import momentum
-from contrastive.train.methods import METHODS, Method, make_forward
+from contrastive.train.methods import METHODS, Method, flatten_views, make_forward
 
 
 @struct.dataclass
@@ -113,8 +113,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             return value, (metrics, model_state, out)
 
         if grad_cache_chunks:
-            flat = views.reshape(batch_size * augment.num_views, *images.shape[1:])
-            value_and_grad = lambda p: grad_cache_on_mesh(p, state.model_state, flat, batch["label"])
+            value_and_grad = lambda p: grad_cache_on_mesh(p, state.model_state, flatten_views(views), batch["label"])
         else:
             value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
         state, (metrics, model_state, out) = _apply_gradients(state, tx, value_and_grad)

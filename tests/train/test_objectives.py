@@ -6,7 +6,7 @@ import pytest
 
 from contrastive.train.config import ConfigError
 from contrastive.train.metrics_writer import read_metrics
-from contrastive.train.objectives import make_objective
+from contrastive.train.objectives import make_view_loss
 from contrastive.train.runner import train_and_evaluate
 
 
@@ -22,9 +22,9 @@ def test_each_config_trains_end_to_end(tiny_config, tmp_path, config_file):
 def test_objective_checks_names_views_and_keys():
     loss = ml_collections.ConfigDict({"name": "nt_xentt", "temperature": 0.1})
     with pytest.raises(ConfigError, match="loss.name='nt_xentt' is not one of nt_xent, dcl, supcon"):
-        make_objective(loss, 2)
+        make_view_loss(loss, 2)
     loss.name = "nt_xent"
     with pytest.raises(ConfigError, match="needs augment.num_views=2, got 3"):
-        make_objective(loss, 3)
+        make_view_loss(loss, 3)
     loss.name = "supcon"
-    make_objective(loss, 3)  # any number of views
+    make_view_loss(loss, 3)  # any number of views
