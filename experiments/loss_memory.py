@@ -65,13 +65,14 @@ def _xla_bytes(compiled) -> int:
     return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
 
 
-def _time(compiled, args, repeats: int) -> float:
+def _time(compiled, args, budget_s: float = 30.0, max_runs: int = 4) -> float:
+    """Min wall time of ``compiled(*args)`` over up to ``max_runs`` runs, fewer once ``budget_s`` is spent:
+    short steps get a warm-up and repeats (these machines are shared and noisy); at B = 131,072 one step
+    is minutes and runs once."""
     import jax
 
-    if repeats > 1:  # a warm-up matters for short steps only; at B = 131,072 one step is minutes
-        jax.block_until_ready(compiled(*args))
     times = []
-    for _ in range(repeats):
+    while len(times) < max_runs and sum(times) < budget_s:
         start = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
@@ -91,7 +92,7 @@ def worker_matmul(cfg):
 
     b, d = cfg["batch"], cfg["dim"]
     x, y = _unit_rows(jax.random.key(0), b, d), _unit_rows(jax.random.key(1), b, d)
-    seconds = _time(jax.jit(lambda a, c: a @ c.T).lower(x, y).compile(), (x, y), repeats=5)
+    seconds = _time(jax.jit(lambda a, c: a @ c.T).lower(x, y).compile(), (x, y), max_runs=6)
     return {"seconds": seconds, "flops": 2 * b * b * d / seconds}
 
 
@@ -143,7 +144,7 @@ def worker_loss(cfg):
             "error": f"not run: compiled program needs {xla * devices / GIB:.1f} GiB > {cfg['budget_gib']:g} GiB"
         }
     x, y = _unit_rows(jax.random.key(0), b, d), _unit_rows(jax.random.key(1), b, d)
-    seconds = _time(compiled, (x, y), repeats=3 if b <= 4096 else 1)
+    seconds = _time(compiled, (x, y))
     return result | {"seconds": seconds, "peak": _peak_bytes(), "flops": 3 * 2 * b * b * d / seconds}
 
 
@@ -195,7 +196,7 @@ def worker_gradcache(cfg):
     baseline = _peak_bytes()
     step = cached if cfg["impl"] == "gradcache" else plain
     compiled = jax.jit(step).lower(params, batch).compile()
-    seconds = _time(compiled, (params, batch), repeats=3 if b <= 1024 else 1)
+    seconds = _time(compiled, (params, batch))
     return {"seconds": seconds, "peak": _peak_bytes(), "baseline": baseline, "xla_bytes": _xla_bytes(compiled)}
 
 
