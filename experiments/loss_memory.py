@@ -4,7 +4,7 @@
     python experiments/loss_memory.py             # the full sweep, up to B = 131,072 (about an hour on 2 CPU cores)
 
 Every configuration runs in its own subprocess, so its peak memory is the process's peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``; on an accelerator the device's ``peak_bytes_in_use``),
+(Linux ``VmHWM``; on an accelerator the device's ``peak_bytes_in_use``),
 including compilation. Paths (``contrastive.losses.clip``):
 
 * gather: ``impl='gather'`` — all-gathered keys, dense b x B logits (the reference);
@@ -54,6 +54,9 @@ PROBE_MAX = 2**26  # the compile-only probe for "largest B" stops here
 
 # ----------------------------------------------------------------------------------------- worker side
 def _peak_bytes() -> int:
+    """Peak memory so far: the device's ``peak_bytes_in_use`` on an accelerator, else this process's peak RSS
+    (Linux ``VmHWM``: unlike ``ru_maxrss`` it restarts at ``exec``, so a worker started from a big parent,
+    such as a test runner, does not inherit the parent's peak)."""
     import resource
 
     import jax
@@ -61,6 +64,11 @@ def _peak_bytes() -> int:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:  # accelerators: device memory
         return int(stats["peak_bytes_in_use"])
+    status = pathlib.Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
