@@ -140,12 +140,6 @@ def weighted_standardization(x: jax.Array, weights: jax.Array) -> tuple[jax.Arra
     return mean, jnp.where(std > 1e-6 * (1.0 + jnp.abs(mean)), std, 1.0)
 
 
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    """x / ||x||; an all-zero row stays zero instead of becoming NaN."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, 1e-12)
-
-
 def accuracy(pred: jax.Array, labels) -> float:
     """Fraction of `pred` equal to `labels`, as a Python float.
 

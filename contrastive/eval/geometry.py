@@ -24,11 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrastive.eval import _common
+from contrastive.losses.core import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("alpha",))
 def _alignment(x, y, *, alpha):
-    dist = jnp.linalg.norm(_common.l2_normalize(x) - _common.l2_normalize(y), axis=-1)
+    dist = jnp.linalg.norm(l2_normalize(x) - l2_normalize(y), axis=-1)
     return jnp.mean(dist**alpha)
 
 
@@ -50,7 +51,7 @@ def alignment(x, y, *, alpha: float = 2.0) -> float:
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
 def _uniformity(x, t, *, batch_size):
-    f = _common.l2_normalize(x)
+    f = l2_normalize(x)
     n = f.shape[0]
 
     def row_logsumexp(args):
@@ -79,7 +80,7 @@ def uniformity(x, *, t: float = 2.0, batch_size: int = 1024) -> float:
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def _tolerance(x, labels, *, num_classes):
-    f = _common.l2_normalize(x)
+    f = l2_normalize(x)
     # sum_{i != j in class c} f_i . f_j = ||sum_{i in c} f_i||^2 - n_c (each f_i . f_i = 1): O(N D)
     # instead of materialising the N x N similarity matrix.
     sums = jax.ops.segment_sum(f, labels, num_segments=num_classes)
@@ -109,7 +110,7 @@ def positive_negative_similarities(x, y):
 
     Materialises the N x N similarity matrix: meant for plotting a batch or a test set, not millions.
     """
-    sims = _common.l2_normalize(x.astype(jnp.float32)) @ _common.l2_normalize(y.astype(jnp.float32)).T
+    sims = l2_normalize(x.astype(jnp.float32)) @ l2_normalize(y.astype(jnp.float32)).T
     n = sims.shape[0]
     # Dropping the first entry and cutting rows of n + 1 puts every diagonal entry in a last column:
     # a static-shape way to take the off-diagonal entries (boolean masks do not jit).

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from contrastive.eval import _common
+from contrastive.losses.core import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "batch_size"))
@@ -30,8 +31,8 @@ def knn_predict(train_x, train_y, test_x, temperature, *, k: int, num_classes: i
       test_x: [M, D] test features. temperature: T > 0 (may be traced).
       k: neighbours, 1 <= k <= N. batch_size: test rows per chunk.
     """
-    train = _common.l2_normalize(train_x.astype(jnp.float32))
-    test = _common.l2_normalize(test_x.astype(jnp.float32))
+    train = l2_normalize(train_x.astype(jnp.float32))
+    test = l2_normalize(test_x.astype(jnp.float32))
 
     def predict_one(query):
         top_sims, top_idx = jax.lax.top_k(train @ query, k)

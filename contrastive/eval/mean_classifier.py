@@ -18,12 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from contrastive.eval import _common
+from contrastive.losses.core import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def class_means(x, labels, *, num_classes: int):
     """[num_classes, D] means of the L2-normalised rows of `x` per label (zeros for empty classes)."""
-    f = _common.l2_normalize(x.astype(jnp.float32))
+    f = l2_normalize(x.astype(jnp.float32))
     sums = jax.ops.segment_sum(f, labels, num_segments=num_classes)
     counts = jax.ops.segment_sum(jnp.ones(labels.shape[0]), labels, num_segments=num_classes)
     return sums / jnp.maximum(counts, 1.0)[:, None]
@@ -33,7 +34,7 @@ def class_means(x, labels, *, num_classes: int):
 def mean_classifier_predict(train_x, train_y, test_x, *, num_classes: int):
     """Predictions [N_test] of the mean classifier fitted on (train_x, train_y); no input checks."""
     means = class_means(train_x, train_y, num_classes=num_classes)
-    return jnp.argmax(_common.l2_normalize(test_x.astype(jnp.float32)) @ means.T, axis=-1)
+    return jnp.argmax(l2_normalize(test_x.astype(jnp.float32)) @ means.T, axis=-1)
 
 
 def mean_classifier_accuracy(train_x, train_y, test_x, test_y, *, num_classes: int | None = None) -> float:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrastive.eval import _common
+from contrastive.losses.core import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
@@ -30,8 +31,8 @@ def positive_ranks(query, keys, query_ids, key_ids, *, batch_size: int = 256):
 
     Queries are processed `batch_size` at a time, so memory is O(batch_size * num_keys).
     """
-    keys = _common.l2_normalize(keys.astype(jnp.float32))
-    query = _common.l2_normalize(query.astype(jnp.float32))
+    keys = l2_normalize(keys.astype(jnp.float32))
+    query = l2_normalize(query.astype(jnp.float32))
 
     def rank_one(args):
         q, qid = args

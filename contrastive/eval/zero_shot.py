@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrastive.eval import _common
+from contrastive.losses.core import l2_normalize
 
 CLASS_SLOT = "{}"
 
@@ -63,16 +64,16 @@ def class_embeddings_from_templates(
                 f"`encode_fn` must return a [{len(prompts)}, D] array for {len(prompts)} prompts, "
                 f"got shape {np.shape(emb)}."
             )
-        mean = jnp.mean(_common.l2_normalize(jnp.asarray(emb, jnp.float32)), axis=0)
-        class_embeddings.append(_common.l2_normalize(mean))
+        mean = jnp.mean(l2_normalize(jnp.asarray(emb, jnp.float32)), axis=0)
+        class_embeddings.append(l2_normalize(mean))
     return jnp.stack(class_embeddings)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
 def zero_shot_predict(image_emb, class_emb, *, batch_size: int = 1024):
     """argmax_c cos(image, class_c) for every image [N] (int32); no input checks."""
-    classes = _common.l2_normalize(class_emb.astype(jnp.float32))
-    images = _common.l2_normalize(image_emb.astype(jnp.float32))
+    classes = l2_normalize(class_emb.astype(jnp.float32))
+    images = l2_normalize(image_emb.astype(jnp.float32))
     return jax.lax.map(lambda f: jnp.argmax(classes @ f), images, batch_size=min(batch_size, images.shape[0]))
 
 

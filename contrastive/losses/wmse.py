@@ -102,8 +102,8 @@ def _whiten_groups_global(x: Array, groups: Array, num_groups: int, w_size: int,
     return white[groups, :, jnp.arange(n)]
 
 
-def _check_grouping(z_shape, w_size: int, whitening: str, devices: int, eps) -> None:
-    """Raise ValueError for impossible groupings."""
+def check_grouping(z_shape, w_size: int, whitening: str, devices: int, eps) -> None:
+    """Raise ValueError for impossible groupings of z [b, V, D] (b rows per device) on ``devices`` devices."""
     b, v, d = z_shape
     if v < 2:
         raise ValueError(f"W-MSE needs at least 2 views per image, got z of shape {z_shape} (V = {v})")
@@ -158,7 +158,7 @@ def wmse(
     check_rank("z", z, 3)
     b, v, d = z.shape
     devices = num_devices(axis_name)
-    _check_grouping(z.shape, w_size, whitening, devices, eps)
+    check_grouping(z.shape, w_size, whitening, devices, eps)
     first, second = np.triu_indices(v, k=1)
 
     if whitening == "global" and axis_name is not None:

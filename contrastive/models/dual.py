@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from contrastive.losses.core import l2_normalize
 from contrastive.models.encoders import ContrastiveModel, build_model
 from contrastive.models.text import TextTransformer
 
@@ -36,11 +37,6 @@ SIGLIP_LOGIT_SCALE_INIT = math.log(10.0)
 SIGLIP_LOGIT_BIAS_INIT = -10.0
 LOGIT_SCALE_MAX = 100.0
 LOCKED_SUBTREE = ("image", "encoder")
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 class TextTower(nnx.Module):

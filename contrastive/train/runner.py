@@ -9,6 +9,7 @@ stopping cleanly on SIGTERM/SIGINT and on a non-finite loss, (5) evaluate the fr
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import pathlib
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from contrastive.data import pipeline
 from contrastive.data.augment import AugmentConfig
 from contrastive.data.image_text import DATASETS as IMAGE_TEXT_DATASETS
+from contrastive.losses.wmse import check_grouping
 from contrastive.models.dual import lock_image_tower
 from contrastive.models.encoders import build_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
@@ -96,6 +98,8 @@ def check_config(config) -> Setup:
                               f"{config.loss.name!r} is a view-based loss; use one of clip, siglip, infoloob")
         method, objective = make_view_loss(config.loss, augment.num_views)
         _check_method_state(config, method)
+        if method.kind == "whitening":
+            _check_whitening(config, mesh, augment, objective)
     _check_grad_cache(config, mesh, augment, method)
     return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx, family=family, method=method)
 
@@ -122,6 +126,16 @@ def _check_method_state(config, method: Method) -> None:
             raise ConfigError(str(e)) from None
     elif config.queue_size:
         raise ConfigError(f"queue_size={config.queue_size} but loss {name!r} keeps no queue; set queue_size=0")
+
+
+def _check_whitening(config, mesh, augment, loss) -> None:
+    """W-MSE's grouping: w_size against the per-device (local) or global batch and the projection width."""
+    bound = {name: p.default for name, p in inspect.signature(loss).parameters.items()}  # config or default
+    shape = (config.batch_size // mesh.devices.size, augment.num_views, config.model.projection_dim)
+    try:
+        check_grouping(shape, bound["w_size"], bound["whitening"], mesh.devices.size, bound["eps"])
+    except ValueError as e:
+        raise ConfigError(f"config.loss: {e}") from None
 
 
 def _check_grad_cache(config, mesh, augment, method: Method | None) -> None:
