@@ -29,7 +29,7 @@ sub-batch against the plain full-batch step (both with the tiled loss, so the en
 The report checks the targets of the issue that asked for this benchmark against the rows.
 
 Writes ``experiments/results/loss_memory{,_quick}.{md,json,png}``; the full sweep also fills the README
-block ``memory-table``.
+block ``memory-table``. ``--render`` rewrites the report, plot and README block from the saved JSON.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
 GIB = 2**30
-# [n, k] @ [k, n] reference matmuls, timed at the start and at the end of the run; their best FLOP/s is the
-# machine's (square shapes reach it; a small k is bound by writing the n x n output).
+# [n, k] @ [k, n] matmuls timed at the start and at the end of the run: how far the machine's speed drifts,
+# and which shape is fastest (a square one; k = 128 at n = 4096 is the slowest).
 MATMUL_SHAPES = ((512, 512), (1024, 1024), (2048, 2048), (4096, 128), (4096, 512), (4096, 4096))
 REFERENCE = (1024, 1024)  # the fastest of MATMUL_SHAPES on the 2-core CPU; timed before and after each loss
 PROBE_MAX = 2**26  # the compile-only probe for "largest B" stops here
@@ -117,8 +117,7 @@ def worker_matmul(cfg):
 def _reference_flops(d: int) -> tuple[float, float]:
     """This process's matmul FLOP/s now, timed beside each loss (the machines are shared, and their speed
     drifts by up to ~2x within an hour; a ratio is only fair side by side): the machine's (the square
-    REFERENCE shape) and that of a plain [2048, d] @ [d, 2048] (the loss's similarity matmul, whose small
-    inner dimension d makes writing the output the bound)."""
+    REFERENCE shape) and that of a plain [2048, d] @ [d, 2048] (the loss's contraction depth d)."""
     n, k = REFERENCE
     return 2 * n * n * k / _matmul_seconds(n, k, budget_s=2.0), 2 * 2048 * 2048 * d / _matmul_seconds(2048, d, 2.0)
 
@@ -419,8 +418,8 @@ def write_report(matmul, losses, probes, gradcache, args, elapsed, command):
         "(the three B x B x d matmuls of forward and backward). *matmul* = the machine's matmul GFLOP/s beside "
         f"it: a plain [{REFERENCE[0]}, {REFERENCE[1]}] @ [{REFERENCE[1]}, {REFERENCE[0]}] timed in the same "
         "process just before and just after the loss, the better of the two; *of matmul* = GFLOP/s / matmul. "
-        "*d-matmul* and *of d-matmul*: the same with a plain [2048, d] @ [d, 2048] (the loss's own matmul "
-        "shape; with d = 128 writing its output, not arithmetic, bounds it). "
+        "*d-matmul* and *of d-matmul*: the same with a plain [2048, d] @ [d, 2048] (the loss's contraction "
+        "depth d). "
         "The reference is timed beside each row because this shared machine's speed drifts: the same "
         "matmuls at the start and at the end of this run ran at (GFLOP/s, start / end) "
         + ", ".join(
@@ -489,7 +488,7 @@ def write_report(matmul, losses, probes, gradcache, args, elapsed, command):
     return "\n".join(lines) + "\n"
 
 
-def readme_block(losses, gradcache, args, command) -> str:
+def readme_block(losses, probes, gradcache, args, command) -> str:
     """The README's short version: d = 128 on 1 device, gather vs tiled, and the targets."""
     lines = [
         f"`{command}` (2 shared CPU cores; every row, d = 512, 8 devices and the plot in",
@@ -514,7 +513,13 @@ def readme_block(losses, gradcache, args, command) -> str:
         )
         ratio = f"{g[0]['seconds'] / t[0]['seconds']:.2f}x" if g and t else ""
         lines.append(f"| {b:,} | {cells[0]} | {cells[1]} | {ratio} |")
+    largest = [
+        f"{p['impl']} {p['largest']:,} ({p['devices']} device(s), d={p['dim']})" for p in probes if p.get("largest")
+    ]
     lines += [
+        "",
+        f"Largest power-of-two B whose compiled program needs at most {args.budget_gib:g} GiB per device "
+        f"(compiled, not run): {'; '.join(largest)}.",
         "",
         "Targets (checked by the script against the rows above and in the full table):",
         "",
@@ -554,6 +559,11 @@ def main():
     parser.add_argument("--chunk", type=int, default=512, help="tile size of the tiled path")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
     parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="rewrite the report, plot and README block from the saved results JSON, measuring nothing",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -567,30 +577,40 @@ def main():
         print(json.dumps(worker(cfg)))
         return
     command = "python experiments/loss_memory.py" + (" --quick" if args.quick else "")
-    start = time.time()
-
-    def time_matmuls(when):
-        return [
-            run_config({"kind": "matmul", "batch": n, "dim": k, "when": when}, args.timeout) for n, k in MATMUL_SHAPES
-        ]
-
-    matmul = time_matmuls("start")
-    losses = sweep_losses(args)
-    matmul += time_matmuls("end")
-    probes, gradcache = probe_largest(args), sweep_gradcache(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     name = "loss_memory_quick" if args.quick else "loss_memory"
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps({"matmul": matmul, "losses": losses, "probes": probes, "gradcache": gradcache}, indent=1)
-    )
-    report = write_report(matmul, losses, probes, gradcache, args, time.time() - start, command)
+    if args.render:
+        data = json.loads((RESULTS / f"{name}.json").read_text())
+    else:
+        start = time.time()
+
+        def time_matmuls(when):
+            return [
+                run_config({"kind": "matmul", "batch": n, "dim": k, "when": when}, args.timeout)
+                for n, k in MATMUL_SHAPES
+            ]
+
+        matmul = time_matmuls("start")
+        losses = sweep_losses(args)
+        matmul += time_matmuls("end")
+        probes, gradcache = probe_largest(args), sweep_gradcache(args)
+        data = {
+            "matmul": matmul,
+            "losses": losses,
+            "probes": probes,
+            "gradcache": gradcache,
+            "elapsed_s": time.time() - start,
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
+    losses, gradcache = data["losses"], data["gradcache"]
+    report = write_report(data["matmul"], losses, data["probes"], gradcache, args, data["elapsed_s"], command)
     (RESULTS / f"{name}.md").write_text(report)
     plot(losses, gradcache, RESULTS / f"{name}.png")
     if not args.quick and not args.no_readme and args.budget_gib == 16.0 and args.chunk == 512:
         sys.path.insert(0, str(ROOT))
         from experiments.readme_block import update_readme_block
 
-        update_readme_block("memory-table", readme_block(losses, gradcache, args, command))
+        update_readme_block("memory-table", readme_block(losses, data["probes"], gradcache, args, command))
     print(report)
 
 

@@ -47,14 +47,15 @@ Array = jax.Array
 IMPLS = ("auto", "gather", "ring")
 
 # impl='auto' (the default of the softmax losses) at trace time, from static shapes. Measured in
-# experiments/results/loss_memory.md (CLIP forward + backward, d = 128, 2 CPU cores, tiles of 512):
-# at B = 1,024 global candidate rows gather and ring/tiled take the same time (0.109 s vs 0.096 s tiled
-# on 1 device, 0.087 s vs 0.084 s ring on 8); from B = 4,096 on the streamed paths are 1.5-1.9x faster
-# (1 device: 1.54 s vs 0.99 s; 8 devices: 1.40 s vs 0.73 s ring) and 3.5x at 16,384, while gather's peak
-# grows as b_local x B (8.47 GiB at 16,384 vs 0.37 GiB tiled). B = 2,048 was not measured, so the
-# dense reference path is kept below 4,096 (its b_local x B logits are then at most 16 M floats).
+# experiments/results/loss_memory.md (CLIP forward + backward, 2 shared CPU cores, tiles of 512, one run of
+# the full sweep): from B = 4,096 global candidate rows on, the streamed paths are 1.7-3.8x faster than
+# gather on 1 and 8 devices, d = 128 and 512 (e.g. 8 devices, d = 128: 0.608 s gather vs 0.268 s ring at
+# 4,096), while gather's peak grows as b_local x B (8.47 GiB at 16,384 vs 0.40 GiB tiled). Below 4,096
+# neither is faster in every run on this noisy machine (8 devices, d = 128: gather 0.032 / 0.100 s vs ring
+# 0.035 / 0.116 s at 1,024 / 2,048; one device had tiled 2.2x faster there in that run, gather faster at
+# 1,024 in an earlier one), so the dense reference path is kept below 4,096 (then at most 16 M logits).
 AUTO_MIN_GLOBAL_ROWS = 4096
-AUTO_MAX_TILE = 512  # the benchmark's tile: 98% of the measured matmul FLOP/s at B = 16,384
+AUTO_MAX_TILE = 512  # the benchmark's tile (B = 16,384: 45% / 65% of the square-matmul FLOP/s at d = 128 / 512)
 AUTO_MIN_TILE = 128  # smaller tiles are mostly loop overhead; then no tiling (or gather on 1 device)
 
 
