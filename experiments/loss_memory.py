@@ -1,7 +1,7 @@
 """Peak memory and fwd+bwd time of the CLIP loss, gather vs ring vs tiled, and of GradCache vs the plain step.
 
     python experiments/loss_memory.py --quick     # a few minutes on 2 CPU cores
-    python experiments/loss_memory.py             # the full sweep, up to B = 131,072 (about an hour on 2 CPU cores)
+    python experiments/loss_memory.py             # the full sweep, up to B = 131,072 (~30 min on 2 CPU cores)
 
 Every configuration runs in its own subprocess, so its peak memory is the process's peak RSS
 (Linux ``VmHWM``; on an accelerator the device's ``peak_bytes_in_use``),
