@@ -114,12 +114,17 @@ def worker_matmul(cfg):
     return {"seconds": seconds, "flops": 2 * b * b * d / seconds}
 
 
+def square_matmul_flops() -> float:
+    """The machine's matmul FLOP/s now: the square REFERENCE shape."""
+    n, k = REFERENCE
+    return 2 * n * n * k / _matmul_seconds(n, k, budget_s=2.0)
+
+
 def _reference_flops(d: int) -> tuple[float, float]:
     """This process's matmul FLOP/s now, timed beside each loss (the machines are shared, and their speed
-    drifts by up to ~2x within an hour; a ratio is only fair side by side): the machine's (the square
-    REFERENCE shape) and that of a plain [2048, d] @ [d, 2048] (the loss's contraction depth d)."""
-    n, k = REFERENCE
-    return 2 * n * n * k / _matmul_seconds(n, k, budget_s=2.0), 2 * 2048 * 2048 * d / _matmul_seconds(2048, d, 2.0)
+    drifts by up to ~2x within an hour; a ratio is only fair side by side): the machine's
+    (``square_matmul_flops``) and that of a plain [2048, d] @ [d, 2048] (the loss's contraction depth d)."""
+    return square_matmul_flops(), 2 * 2048 * 2048 * d / _matmul_seconds(2048, d, 2.0)
 
 
 def _loss_step(impl: str, devices: int, chunk: int):

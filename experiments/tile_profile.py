@@ -2,7 +2,7 @@
 
     python experiments/tile_profile.py --batch 16384 --dim 128
 
-For each tile size, beside a square [1024, 1024] @ [1024, 1024] matmul timed in the same process (this
+For each tile size, beside loss_memory's square REFERENCE matmul timed in the same process (this
 machine is shared and its speed drifts), it times
 
 * the tiled CLIP loss (``clip(..., chunk_size=c)``), forward + backward and forward only;
@@ -17,7 +17,8 @@ executes 8 B^2 d (the recomputation is the price of never storing the logits).
 from __future__ import annotations
 
 import argparse
-import time
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,21 +26,12 @@ import jax.numpy as jnp
 import contrastive  # noqa: F401 - sets the XLA:CPU workaround flag before any computation
 from contrastive.losses import clip
 
-
-def best_seconds(fn, *args, runs: int = 3) -> float:
-    compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from experiments.loss_memory import _time, _unit_rows, square_matmul_flops  # noqa: E402
 
 
-def square_matmul_flops() -> float:
-    a = jnp.ones((1024, 1024), jnp.float32)
-    return 2 * 1024**3 / best_seconds(lambda x: x @ x, a, runs=10)
+def best_seconds(fn, *args) -> float:
+    return _time(jax.jit(fn).lower(*args).compile(), args)
 
 
 def tile_matmuls_only(batch: int, dim: int, tile: int):
@@ -68,8 +60,7 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024])
     args = parser.parse_args()
     b, d = args.batch, args.dim
-    unit = lambda k: (lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True))(jax.random.normal(k, (b, d)))
-    x, y = unit(jax.random.key(0)), unit(jax.random.key(1))
+    x, y = _unit_rows(jax.random.key(0), b, d), _unit_rows(jax.random.key(1), b, d)
     useful = 6 * b * b * d
     for tile in args.tiles:
         before = square_matmul_flops()
