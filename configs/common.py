@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log_every = 10
     c.progress = True
+    # After the first SIGTERM/SIGINT the run stops once the step in flight is done and saved; if no step
+    # finishes within this many seconds (a hung step), or a second signal comes, it exits at once.
+    c.stop_grace_s = 120.0
     # Compiled programs are kept here and reused by later runs and resumes ('' turns it off).
     c.compilation_cache_dir = "~/.cache/contrastive/jax"
 

@@ -18,6 +18,8 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
+from contrastive import checks
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -35,11 +37,16 @@ class AugmentConfig:
     cutout_prob: float = 0.5
 
     def __post_init__(self):
-        if self.num_views < 1:
-            raise ValueError(f"augment.num_views must be >= 1, got {self.num_views}")
-        for f in dataclasses.fields(self):
-            if getattr(self, f.name) < 0:
-                raise ValueError(f"augment.{f.name} must be >= 0, got {getattr(self, f.name)}")
+        rules = {f.name: checks.NON_NEGATIVE for f in dataclasses.fields(self)}
+        rules.update(num_views=checks.POSITIVE, max_zoom=checks.BELOW_ONE, contrast=checks.BELOW_ONE,
+                     cutout_prob=checks.PROBABILITY)
+        checks.check_fields(dataclasses.asdict(self), "augment.", rules)
+
+    def check_image(self, shape) -> None:
+        """Raise ValueError when a strength does not fit images of `shape` [H, W, C]."""
+        if self.cutout_size >= min(shape[:2]):
+            raise ValueError(f"config.augment.cutout_size={self.cutout_size} must be smaller than the images' "
+                             f"side ({shape[0]} x {shape[1]}): it would blank the whole image")
 
 
 def _affine_matrix(key: jax.Array, cfg: AugmentConfig, height: int, width: int):

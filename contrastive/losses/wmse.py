@@ -42,8 +42,6 @@ mean over the global rows, the same scalar on every device.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +52,31 @@ from contrastive.losses.core import check_rank, global_sum, num_devices, row_off
 Array = jax.Array
 
 WHITENINGS = ("local", "global")
+
+
+def _cholesky_solve_rows(cov: Array, centred: Array) -> Array:
+    """``L^{-1} x`` for each row x of ``centred`` [n, D], with ``L L^T = cov`` [D, D] (one block, unbatched)."""
+    chol = jnp.linalg.cholesky(cov)
+    return jax.scipy.linalg.solve_triangular(chol, centred.T, lower=True).T
+
+
+def _each_block(cov: Array, centred: Array) -> Array:
+    """:func:`_cholesky_solve_rows` over the leading axis of ``cov`` [K, D, D] and ``centred`` [K, n, D].
+
+    One block at a time (``jax.lax.map``), never batched: on a CPU host, jaxlib 0.10.2's batched
+    triangular solve (``lapack_strsm_ffi`` -> ``ParallelBatchMap``) deadlocks its own two-thread pool
+    under ``jax.grad`` at D >= 128 (a W-MSE run hung at its first steps in 2 of 2 tries, and 300 gradient
+    calls of the loss hung in 2 of 2; ``--xla_cpu_enable_concurrency_optimized_scheduler=false`` fixed
+    the loss alone but not the whole train step). An unbatched solve does not use that pool.
+    ``tests/test_xla_workaround.py`` runs both cases in fresh one-device processes. No ``vmap`` may
+    wrap this (it would batch the solve again), so every block of a step goes through this one map.
+    """
+    return jax.lax.map(lambda args: _cholesky_solve_rows(*args), (cov, centred))
+
+
+def _shrunk_covariance(scatter: Array, count: int, eps) -> Array:
+    d = scatter.shape[-1]
+    return (1.0 - eps) * scatter / (count - 1) + eps * jnp.eye(d, dtype=jnp.float32)
 
 
 def whiten(x: Array, *, eps=0.0, axis_name: str | None = None) -> Array:
@@ -70,9 +93,7 @@ def whiten(x: Array, *, eps=0.0, axis_name: str | None = None) -> Array:
     centred = x - mean
     # HIGHEST: TPU/GPU default f32 matmuls round to bf16/tf32, too coarse for a covariance to factorise.
     cov = global_sum(jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST), axis_name)
-    cov = (1.0 - eps) * cov / (count - 1) + eps * jnp.eye(x.shape[1], dtype=jnp.float32)
-    chol = jnp.linalg.cholesky(cov)
-    return jax.scipy.linalg.solve_triangular(chol, centred.T, lower=True).T
+    return _cholesky_solve_rows(_shrunk_covariance(cov, count, eps), centred)
 
 
 def _is_concrete_positive(value) -> bool:
@@ -82,24 +103,33 @@ def _is_concrete_positive(value) -> bool:
         return False
 
 
-def _whiten_groups_global(x: Array, groups: Array, num_groups: int, w_size: int, eps, axis_name) -> Array:
-    """Whiten each row of ``x`` [n, D] with the mean and covariance of its group over ALL devices.
+def _whiten_local_blocks(blocks: Array, eps) -> Array:
+    """Whiten each block of rows of ``blocks`` [K, n, D] with its own mean and covariance."""
+    x = blocks.astype(jnp.float32)
+    centred = x - jnp.mean(x, axis=1, keepdims=True)
+    scatter = jnp.einsum("knd,kne->kde", centred, centred, precision=jax.lax.Precision.HIGHEST)
+    return _each_block(_shrunk_covariance(scatter, x.shape[1], eps), centred)
 
-    ``groups`` [n]: each local row's group in [0, num_groups); every group has ``w_size`` rows in total.
-    Per-group sums of this device's rows (one-hot matmuls) are psum'ed, as in :func:`whiten`.
+
+def _whiten_global_groups(x: Array, groups: Array, num_groups: int, w_size: int, eps, axis_name) -> Array:
+    """Whiten each row of ``x`` [K, n, D] with the mean and covariance of its group over ALL devices.
+
+    ``groups`` [K, n]: in each of the K independent blocks (iterations x views), each local row's group in
+    [0, num_groups); every group has ``w_size`` rows over all devices. Per-group sums of this device's
+    rows (one-hot matmuls) are psum'ed, as in :func:`whiten`.
     """
     x = x.astype(jnp.float32)
-    n, d = x.shape
-    onehot = jax.nn.one_hot(groups, num_groups, dtype=jnp.float32)  # [n, G]
+    k, n, d = x.shape
+    onehot = jax.nn.one_hot(groups, num_groups, dtype=jnp.float32)  # [K, n, G]
     highest = jax.lax.Precision.HIGHEST
-    mean = global_sum(jnp.matmul(onehot.T, x, precision=highest), axis_name) / w_size  # [G, D]
-    centred = x - mean[groups]
-    cov = global_sum(jnp.einsum("ng,nd,ne->gde", onehot, centred, centred, precision=highest), axis_name)
-    cov = (1.0 - eps) * cov / (w_size - 1) + eps * jnp.eye(d, dtype=jnp.float32)
-    chol = jnp.linalg.cholesky(cov)  # [G, D, D]
-    # Solve the local rows against every group's factor ([G, D, n]) and keep each row's own group.
-    white = jax.scipy.linalg.solve_triangular(chol, jnp.broadcast_to(centred.T, (num_groups, d, n)), lower=True)
-    return white[groups, :, jnp.arange(n)]
+    mean = global_sum(jnp.einsum("kng,knd->kgd", onehot, x, precision=highest), axis_name) / w_size
+    centred = x - jnp.take_along_axis(mean, groups[..., None], axis=1)  # each row minus its group's mean
+    scatter = global_sum(jnp.einsum("kng,knd,kne->kgde", onehot, centred, centred, precision=highest), axis_name)
+    cov = _shrunk_covariance(scatter, w_size, eps).reshape(k * num_groups, d, d)
+    # Solve this device's rows of each block against each of its groups' factors, keep each row's own group.
+    rows = jnp.broadcast_to(centred[:, None], (k, num_groups, n, d)).reshape(k * num_groups, n, d)
+    white = _each_block(cov, rows).reshape(k, num_groups, n, d)
+    return jnp.einsum("kgnd,kng->knd", white, onehot)
 
 
 def check_grouping(z_shape, w_size: int, whitening: str, devices: int, eps) -> None:
@@ -161,30 +191,28 @@ def wmse(
     check_grouping(z.shape, w_size, whitening, devices, eps)
     first, second = np.triu_indices(v, k=1)
 
+    keys = jax.random.split(key, w_iter)
     if whitening == "global" and axis_name is not None:
         n = b * devices
-
-        def whiten_rows(k):  # one permutation of the global rows; group = position in it // w_size
-            position = jnp.argsort(jax.random.permutation(k, n))  # the inverse permutation
-            groups = jax.lax.dynamic_slice(position, (row_offset(b, axis_name),), (b,)) // w_size
-            whiten_view = lambda x: _whiten_groups_global(x, groups, n // w_size, w_size, eps, axis_name)
-            return jax.vmap(whiten_view, 1, 1)(z)  # [b, V, D]
-
+        # One permutation of the global rows per iteration; a row's group is its position in it // w_size.
+        position = jax.vmap(lambda k: jnp.argsort(jax.random.permutation(k, n)))(keys)  # inverse permutations
+        groups = jax.lax.dynamic_slice_in_dim(position, row_offset(b, axis_name), b, axis=1) // w_size  # [I, b]
+        blocks = jnp.broadcast_to(jnp.moveaxis(z, 1, 0)[None], (w_iter, v, b, d)).reshape(w_iter * v, b, d)
+        groups = jnp.repeat(groups, v, axis=0)  # [I * V, b]: block (i, view) groups rows as iteration i
+        white = _whiten_global_groups(blocks, groups, n // w_size, w_size, eps, axis_name)
+        white = jnp.moveaxis(white.reshape(w_iter, v, b, d), 1, 2)  # [I, b, V, D], rows in z's order
     else:  # each device groups its own rows (no axis_name: the whole batch)
         if axis_name is not None:
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        # [groups, w_size, V, D] -> whiten each (group, view) block of rows.
-        whiten_groups = jax.vmap(jax.vmap(functools.partial(whiten, eps=eps), 1, 1))
+            keys = jax.random.split(jax.random.fold_in(key, jax.lax.axis_index(axis_name)), w_iter)
+        perms = jax.vmap(lambda k: jax.random.permutation(k, b))(keys)  # [I, b]
+        # Iteration i, group g holds rows perms[i, g * w_size:(g + 1) * w_size]; whiten each (i, g, view).
+        grouped = z[perms].reshape(w_iter, b // w_size, w_size, v, d)
+        blocks = jnp.moveaxis(grouped, 3, 2).reshape(-1, w_size, d)  # [(I, G, V), w_size, D]
+        white = _whiten_local_blocks(blocks, eps).reshape(w_iter, b // w_size, v, w_size, d)
+        white = jnp.moveaxis(white, 2, 3).reshape(w_iter, b, v, d)  # rows of z[perms[i]]
 
-        def whiten_rows(k):
-            perm = jax.random.permutation(k, b)
-            return whiten_groups(z[perm].reshape(b // w_size, w_size, v, d)).reshape(b, v, d)  # rows of z[perm]
-
-    def iteration_cosine_sum(k):  # the sum over rows does not depend on their order
-        white = whiten_rows(k)
-        return jnp.sum(row_cosine(white[:, first], white[:, second]))
-
-    local = jnp.sum(jax.vmap(iteration_cosine_sum)(jax.random.split(key, w_iter)))
+    # The sum over rows does not depend on their order.
+    local = jnp.sum(row_cosine(white[:, :, first], white[:, :, second]))
     mean_cos = global_sum(local, axis_name) / (w_iter * len(first) * b * devices)
     metrics = {"cos_sim": jax.lax.stop_gradient(mean_cos), "output_std": output_std(z, axis_name)}
     return 2.0 - 2.0 * mean_cos, metrics

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from contrastive import checks
+
 NORMS = ("layer", "batch", "none")
 
 
@@ -122,8 +124,19 @@ class ContrastiveModel(nnx.Module):
 ENCODERS = ("cnn", "mlp")
 
 
+RULES = {"encoder": checks.one_of(ENCODERS), "widths": checks.SOME_WIDTHS, "dense": checks.WIDTHS,
+         "head_hidden": checks.WIDTHS, "projection_dim": checks.POSITIVE, "head_norm": checks.one_of(NORMS),
+         "predictor_hidden": checks.WIDTHS}
+
+
+def check(cfg) -> None:
+    """Raise ValueError naming the first field of `config.model` out of its range."""
+    checks.check_fields(cfg, "model.", RULES)
+
+
 def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveModel:
     """The model a `config.model` describes (see configs/common.py for the fields)."""
+    check(cfg)
     rngs = nnx.Rngs(seed)
     height, width, channels = image_shape
     if cfg.encoder == "cnn":

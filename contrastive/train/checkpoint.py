@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 from contrastive.train.config import ConfigError, flatten
 
 # Config keys that may differ when resuming: they do not change what the state means or how it evolves.
-RESUMABLE_KEYS = ("num_steps", "log_every", "progress", "compilation_cache_dir", "checkpoint.", "eval.",
-                  "data.data_dir")
+RESUMABLE_KEYS = ("num_steps", "log_every", "progress", "compilation_cache_dir", "stop_grace_s", "checkpoint.",
+                  "eval.", "data.data_dir")
 
 
 class CheckpointError(RuntimeError):
@@ -60,9 +60,6 @@ class Checkpointer:
     """Thin layer over `ocp.CheckpointManager` with fallback on unreadable checkpoints."""
 
     def __init__(self, workdir: pathlib.Path, *, every_steps: int, keep: int):
-        if every_steps < 1 or keep < 1:
-            raise ConfigError(f"checkpoint.every_steps and checkpoint.keep must be >= 1, got "
-                              f"{every_steps} and {keep}")
         self.directory = (workdir / "checkpoints").absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -111,6 +108,14 @@ class Checkpointer:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
         return target
+
+    def describe_newest(self) -> str:
+        """The newest complete checkpoint, read from the folder names alone (no orbax call, so it is safe from
+        any thread): orbax writes into a temporary folder and renames it to `<step>` once complete."""
+        steps = [int(p.name) for p in self.directory.glob("*") if p.name.isdigit()] if self.directory.is_dir() else []
+        if not steps:
+            return f"none (no complete checkpoint in {self.directory})"
+        return f"step {max(steps)} in {self.directory}"
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -37,6 +37,10 @@ class Method:
     target: bool = False  # an EMA target network
     predictor: bool = False  # a predictor on the online projections
     keyed: bool = False  # the loss takes a PRNG `key` (W-MSE permutations, MoCHi/FT sampling)
+    nonfinite_hint: str = ""  # what to change when this method's loss becomes non-finite
+
+
+DEFAULT_NONFINITE_HINT = "Lower optimizer.lr, enable optimizer.grad_clip_norm, or raise loss.temperature."
 
 
 METHODS = {
@@ -45,7 +49,10 @@ METHODS = {
     "supcon": Method(None, "contrastive"),
     "byol": Method(2, "bootstrap", target=True, predictor=True),
     "simsiam": Method(2, "bootstrap", predictor=True),
-    "wmse": Method(None, "whitening", keyed=True),
+    "wmse": Method(None, "whitening", keyed=True, nonfinite_hint=(
+        "W-MSE: a whitening covariance became singular (the projections' rank fell below model.projection_dim, "
+        "e.g. dead ReLU units of a head no wider than it); set loss.eps > 0 (e.g. 1e-3), or lower "
+        "model.projection_dim.")),
     "moco": Method(2, "queue", target=True, keyed=True),
 }
 

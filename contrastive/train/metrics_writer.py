@@ -5,12 +5,25 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import threading
+
+# Held while a record is appended, so that a hard exit (contrastive.train.stop) never cuts one in half.
+WRITE_LOCK = threading.Lock()
 
 
 def read_metrics(path: pathlib.Path) -> list[dict]:
+    """The records of a metrics file; a last line cut short (a SIGKILL mid-write) is dropped."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return records
 
 
 class MetricsWriter:
@@ -30,5 +43,5 @@ class MetricsWriter:
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with self.path.open("a") as f:
+        with WRITE_LOCK, self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")

@@ -5,8 +5,22 @@ from __future__ import annotations
 import jax
 import optax
 
+from contrastive import checks
+
 OPTIMIZERS = ("adamw", "lars", "sgd")
 SCHEDULES = ("cosine", "constant")
+RULES = {"name": checks.one_of(OPTIMIZERS), "schedule": checks.one_of(SCHEDULES), "lr": checks.POSITIVE,
+         "weight_decay": checks.NON_NEGATIVE, "b1": checks.BELOW_ONE, "b2": checks.BELOW_ONE,
+         "momentum": checks.BELOW_ONE, "trust_coefficient": checks.POSITIVE, "warmup_steps": checks.NON_NEGATIVE,
+         "grad_clip_norm": checks.NON_NEGATIVE}
+
+
+def check(cfg, num_steps: int) -> None:
+    """Raise ValueError naming the first field of `config.optimizer` out of its range."""
+    checks.check_fields(cfg, "optimizer.", RULES)
+    if cfg.warmup_steps >= num_steps:
+        raise ValueError(f"config.optimizer.warmup_steps={cfg.warmup_steps} must be below num_steps={num_steps} "
+                         "(the learning rate would never reach its peak)")
 
 
 def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
@@ -32,6 +46,7 @@ def build_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
     LARS (You et al., 2017) is SimCLR's large-batch optimizer; biases and normalisation parameters are
     excluded from both its weight decay and its trust ratio, as in SimCLR's code.
     """
+    check(cfg, num_steps)
     schedule = learning_rate_schedule(cfg, num_steps)
     if cfg.name == "adamw":
         tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask)

@@ -13,7 +13,6 @@ import inspect
 import json
 import math
 import pathlib
-import signal
 import sys
 import time
 
@@ -22,21 +21,24 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from contrastive import checks
 from contrastive.data import pipeline
 from contrastive.data.augment import AugmentConfig
 from contrastive.data.image_text import DATASETS as IMAGE_TEXT_DATASETS
 from contrastive.losses.wmse import check_grouping
 from contrastive.models.dual import lock_image_tower
 from contrastive.models.encoders import build_model
+from contrastive.models.encoders import check as check_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
 from contrastive.train import final_eval, image_text, momentum
 from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config
 from contrastive.train.config import ConfigError, flatten
-from contrastive.train.methods import Method
+from contrastive.train.methods import DEFAULT_NONFINITE_HINT, Method
 from contrastive.train.metrics_writer import MetricsWriter
 from contrastive.train.objectives import loss_family, make_image_text_objective, make_view_loss
 from contrastive.train.optim import build_optimizer, learning_rate_schedule
 from contrastive.train.step import init_state, make_train_step
+from contrastive.train.stop import StopRequest
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,19 +74,42 @@ class Built:
     format_table: object  # results -> printable table
 
 
+RULES = {"seed": checks.NON_NEGATIVE, "num_steps": checks.POSITIVE, "log_every": checks.POSITIVE,
+         "grad_cache_chunks": checks.NON_NEGATIVE, "stop_grace_s": checks.POSITIVE}
+CHECKPOINT_RULES = {"every_steps": checks.POSITIVE, "keep": checks.POSITIVE}
+EVAL_RULES = {"knn_k": checks.POSITIVE, "knn_temperature": checks.POSITIVE, "batch_size": checks.POSITIVE,
+              "every_steps": checks.NON_NEGATIVE}
+
+
+def _check_ranges(config) -> None:
+    checks.check_fields(config, "", RULES)
+    checks.check_fields(config.checkpoint, "checkpoint.", CHECKPOINT_RULES)
+    checks.check_fields(config.eval, "eval.", EVAL_RULES)
+    check_model(config.model)
+
+
+def _check_directory(key: str, path: str) -> None:
+    """`path` is a folder or can be made one (an unusable path fails here, not after a minute of work)."""
+    folder = pathlib.Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"config.{key}={path!r} cannot be used as a folder: {e.strerror or e}") from None
+
+
 def check_config(config) -> Setup:
     """Every check that needs no data or compute; raises ConfigError naming the problem."""
     try:
+        _check_ranges(config)
         mesh = make_mesh(config.num_devices)
         check_global_batch(config.batch_size, mesh)
         augment = AugmentConfig(**config.augment)
         tx = build_optimizer(config.optimizer, config.num_steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if config.num_steps < 1:
-        raise ConfigError(f"num_steps must be >= 1, got {config.num_steps}")
-    if config.log_every < 1:
-        raise ConfigError(f"log_every must be >= 1, got {config.log_every}")
+    _check_directory("data.data_dir", config.data.data_dir)
+    if config.compilation_cache_dir:
+        _check_directory("compilation_cache_dir", config.compilation_cache_dir)
     family = loss_family(config.loss.name)
     method = None
     if family == "image_text":
@@ -114,11 +139,14 @@ def _check_method_state(config, method: Method) -> None:
     if not method.predictor and (hidden or dp):
         raise ConfigError(f"loss {name!r} has no predictor: set model.predictor_hidden=() and "
                           "directpred.enabled=False")
-    if method.target:
+    if method.target and not 0.0 <= config.ema.momentum <= config.ema.momentum_end <= 1.0:
+        raise ConfigError(f"config.ema.momentum={config.ema.momentum} and config.ema.momentum_end="
+                          f"{config.ema.momentum_end} must satisfy 0 <= momentum <= momentum_end <= 1")
+    if dp:
         try:
-            momentum.ema_momentum(0, 1, config.ema.momentum, config.ema.momentum_end)
+            checks.check_fields(config.directpred, "directpred.", {"rho": checks.BELOW_ONE, "eps": checks.NON_NEGATIVE})
         except ValueError as e:
-            raise ConfigError(f"config.ema: {e}") from None
+            raise ConfigError(str(e)) from None
     if method.kind == "queue":
         try:
             momentum.check_queue_size(config.queue_size, config.batch_size)
@@ -154,33 +182,19 @@ def _check_grad_cache(config, mesh, augment, method: Method | None) -> None:
                           f"(batch_size / devices x augment.num_views)")
 
 
-def load_split(config, split: str):
-    source = pipeline.data_source(config.data.name, split, str(pathlib.Path(config.data.data_dir).expanduser()))
-    return pipeline.InMemorySource(pipeline.read_all(source)) if config.data.in_memory else source
-
-
-class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the train loop checks after each step."""
-
-    def __init__(self):
-        self.signal = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave the default handlers
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+def load_split(config, split_key: str, read=None):
+    """The source of `config.data.<split_key>` (`read(name, split, data_dir)`, by default the image
+    pipeline's), read into memory with `data.in_memory`; ConfigError naming the fields when it cannot be read."""
+    d = config.data
+    split = d[split_key]
+    read = read or pipeline.data_source
+    try:
+        source = read(d.name, split, str(pathlib.Path(d.data_dir).expanduser()))
+    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; each means this data cannot be read
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"config.data.name={d.name!r}, config.data.{split_key}={split!r} cannot be read from "
+                          f"config.data.data_dir={d.data_dir!r}: {reason}") from None
+    return pipeline.InMemorySource(pipeline.read_all(source)) if d.in_memory else source
 
 
 def _to_host(metrics: dict) -> dict:
@@ -190,23 +204,26 @@ def _to_host(metrics: dict) -> dict:
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     """Train `config` in `workdir` (resuming if it has checkpoints), then evaluate; returns eval.json."""
     workdir = pathlib.Path(workdir)
-    # (1) Check everything before touching the workdir or computing anything.
+    # (1) Check everything that needs no data, then (2) build data, model, optimizer and state and trace
+    # the train step, all before the workdir is created or changed: a bad config leaves it untouched.
     setup = check_config(config)
-    check_workdir_config(workdir, config)
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(config.compilation_cache_dir).expanduser()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    checkpointer = Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
-
-    # (2) Data, model, optimizer, state.
     if setup.family == "image_text":
         built = image_text.build(config, setup, Built)
     else:
         built = _build_views(config, setup, workdir)
-    batches = pipeline.GlobalBatches(built.train_source, global_batch_size=config.batch_size, seed=config.seed,
-                                     mesh=setup.mesh, keys=built.keys)
+    try:
+        batches = pipeline.GlobalBatches(built.train_source, global_batch_size=config.batch_size,
+                                         seed=config.seed, mesh=setup.mesh, keys=built.keys)
+    except ValueError as e:
+        raise ConfigError(f"config.batch_size: {e}") from None
     state = jax.device_put(built.state, NamedSharding(setup.mesh, P()))
     train_step = built.train_step
+    _trace_step(train_step, state, batches)
+    check_workdir_config(workdir, config)
+    checkpointer = Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
 
     # (3) Resume.
     restored = checkpointer.restore_latest(abstract_like(state))
@@ -220,7 +237,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     # (4) Train.
     try:
         periodic = _PeriodicEval(config.eval.every_steps, built.evaluate, workdir / "eval_history.jsonl", start)
-        state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic)
+        hint = setup.method.nonfinite_hint if setup.method is not None else ""
+        state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic, hint)
     finally:
         checkpointer.wait()
 
@@ -236,9 +254,28 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     return results
 
 
+def _trace_step(train_step, state, batches) -> None:
+    """Trace (not compile, not run) the train step on the shapes of the first batch, so that every check
+    the losses and the augmentation make at trace time refuses a bad config before the workdir is touched."""
+    local = batches.local_batch(0)
+    abstract = {k: jax.ShapeDtypeStruct((batches.global_batch_size, *v.shape[1:]), v.dtype, sharding=batches.sharding)
+                for k, v in local.items()}
+    try:
+        train_step.trace(abstract_like(state), abstract)
+    except ValueError as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"the train step cannot be built from this config: {reason}") from None
+
+
 def _build_views(config, setup, workdir: pathlib.Path) -> Built:
-    train_source = load_split(config, config.data.train_split)
-    model = build_model(config.model, tuple(train_source[0]["image"].shape), seed=config.seed)
+    train_source = load_split(config, "train_split")
+    test_source = load_split(config, "test_split")
+    image_shape = tuple(train_source[0]["image"].shape)
+    try:
+        setup.augment.check_image(image_shape)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model = build_model(config.model, image_shape, seed=config.seed)
     graphdef, state = init_state(model, setup.tx, config.seed, method=setup.method, queue_size=config.queue_size)
     pixel_max = pipeline.max_pixel_value(config.data.name)
     train_step = make_train_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
@@ -248,7 +285,6 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
                                  directpred_cfg=config.directpred)
 
     def evaluate(state):
-        test_source = load_split(config, config.data.test_split)
         return final_eval.evaluate(config, graphdef, state, train_source, test_source, pixel_max,
                                    plot_path=workdir / "similarities.png")
 
@@ -272,7 +308,7 @@ class _PeriodicEval:
         tqdm.write(f"eval at step {done}: written to {self.path}", file=sys.stderr)
 
 
-def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic):
+def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic, hint=""):
     num_steps = config.num_steps
     if start >= num_steps:
         return state
@@ -282,7 +318,7 @@ def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, 
                dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
     last_time, last_step = time.perf_counter(), start
     data = batches.iterate(start)
-    with _StopRequest() as stop:
+    with StopRequest(config.stop_grace_s, checkpointer.describe_newest) as stop:
         for step in range(start, num_steps):
             state, metrics = train_step(state, next(data))
             pending.append((step, metrics))
@@ -295,6 +331,7 @@ def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, 
                 last_time, last_step = now, done
                 host = [(s, _to_host(m)) for s, m in pending]
                 pending.clear()
+                stop.step_finished()
                 for s, m in host:
                     if s + 1 == done or (s + 1) % config.log_every == 0:
                         writer.write({"step": s, **m, "lr": float(schedule_lr(s)), "examples_per_s": rate})
@@ -305,7 +342,7 @@ def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, 
                     raise NonFiniteLossError(
                         f"non-finite loss at step {bad[0]}; training stopped without saving that state. "
                         f"The last good checkpoint is step {saved} in {checkpointer.manager.directory}. "
-                        "Lower optimizer.lr, enable optimizer.grad_clip_norm, or raise loss.temperature.")
+                        + (hint or DEFAULT_NONFINITE_HINT))
                 bar.set_postfix(loss=f"{host[-1][1]['loss']:.4f}", ex_per_s=f"{rate:,.0f}", refresh=False)
             bar.update(1)
             if save_now:

@@ -1,0 +1,42 @@
+"""Valid ranges of config fields, stated once by the module that reads them.
+
+A module declares `RULES = {"field": rule, ...}` for its part of the config and calls
+`check_fields(cfg, "prefix.", RULES)`; a value outside its rule raises ValueError naming the field, its
+value and the valid range, which the runner turns into a one-line refusal before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    ok: Callable[[object], bool]
+    text: str  # what a valid value is, as the message says it
+
+
+POSITIVE = Rule(lambda v: v > 0, "> 0")
+NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
+BELOW_ONE = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
+PROBABILITY = Rule(lambda v: 0 <= v <= 1, "in [0, 1]")
+WIDTHS = Rule(lambda v: all(w > 0 for w in v), "a tuple of positive widths (or ())")
+SOME_WIDTHS = Rule(lambda v: len(v) > 0 and all(w > 0 for w in v), "a non-empty tuple of positive widths")
+
+
+def one_of(options: Iterable[str]) -> Rule:
+    options = tuple(options)
+    return Rule(lambda v: v in options, f"one of {', '.join(map(repr, options))}")
+
+
+def check_fields(cfg, prefix: str, rules: dict[str, Rule]) -> None:
+    """Raise ValueError for the first field of `cfg` (a mapping) whose value breaks its rule."""
+    for name, rule in rules.items():
+        value = cfg[name]
+        try:
+            ok = rule.ok(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"config.{prefix}{name}={value!r}: must be {rule.text}")

@@ -1,0 +1,123 @@
+"""Every config field with bad values: one line, exit status 2, and a new workdir left absent.
+
+`BAD` lists, for each field of the default config (and the method fields on the configs that use them),
+values that must be refused: a value of the wrong type and out-of-range or unknown values. A field that
+every value of its type suits is listed with only a wrong-type value. The test fails when a field of the
+default config has no entry, so a new field needs one.
+"""
+
+import pytest
+
+from contrastive.main import EXIT_BAD_INPUT, run
+from contrastive.train.config import flatten, load_config
+
+DEFAULT = "configs/simclr_digits.py"
+
+# field -> (config file, bad values as command-line text)
+BAD = {
+    "seed": (DEFAULT, ["'a'", "-1", "1.5"]),
+    "num_steps": (DEFAULT, ["0", "-3", "'x'"]),
+    "batch_size": (DEFAULT, ["0", "-8", "3000", "60", "'x'"]),
+    "num_devices": (DEFAULT, ["-1", "1000", "'x'"]),
+    "grad_cache_chunks": (DEFAULT, ["-1", "3", "'x'"]),
+    "data.name": (DEFAULT, ["no_such_dataset", "digits_captions", "3"]),
+    "data.data_dir": (DEFAULT, ["/dev/null/tfds"]),  # any other text is a folder name
+    "data.train_split": (DEFAULT, ["no_such_split", "3"]),
+    "data.test_split": (DEFAULT, ["no_such_split", "3"]),
+    "data.in_memory": (DEFAULT, ["'yes'", "1"]),
+    "augment.num_views": (DEFAULT, ["0", "1", "3", "'x'"]),
+    "augment.max_zoom": (DEFAULT, ["-0.1", "1.0", "'x'"]),
+    "augment.max_rotation_deg": (DEFAULT, ["-1.0", "'x'"]),
+    "augment.max_shear": (DEFAULT, ["-0.1", "'x'"]),
+    "augment.max_shift": (DEFAULT, ["-1.0", "'x'"]),
+    "augment.brightness": (DEFAULT, ["-0.2", "'x'"]),
+    "augment.contrast": (DEFAULT, ["-0.3", "1.5", "'x'"]),
+    "augment.noise_std": (DEFAULT, ["-0.05", "'x'"]),
+    "augment.cutout_size": (DEFAULT, ["-3", "9", "'x'"]),
+    "augment.cutout_prob": (DEFAULT, ["-0.5", "1.5", "'x'"]),
+    "model.encoder": (DEFAULT, ["resnet", "3"]),
+    "model.widths": (DEFAULT, ["()", "(0, 16)", "(-8,)", "'x'"]),
+    "model.dense": (DEFAULT, ["(0,)", "(-4,)", "'x'"]),
+    "model.head_hidden": (DEFAULT, ["(0,)", "(-4,)", "'x'"]),
+    "model.projection_dim": (DEFAULT, ["0", "-4", "'x'"]),
+    "model.head_norm": (DEFAULT, ["group", "3"]),
+    "model.predictor_hidden": (DEFAULT, ["(16,)", "'x'"]),
+    "loss.name": (DEFAULT, ["no_such_loss", "3"]),
+    "loss.temperature": (DEFAULT, ["0.0", "-0.1", "'x'"]),
+    "ema.momentum": ("configs/byol_digits.py", ["1.5", "-0.1", "'x'"]),
+    "ema.momentum_end": ("configs/byol_digits.py", ["1.5", "0.5", "'x'"]),
+    "queue_size": ("configs/moco_digits.py", ["-64", "100", "0", "'x'"]),
+    "directpred.enabled": (DEFAULT, ["True", "'x'"]),
+    "directpred.rho": ("configs/directpred_digits.py", ["1.5", "-0.1", "'x'"]),
+    "directpred.eps": ("configs/directpred_digits.py", ["-0.1", "'x'"]),
+    "optimizer.name": (DEFAULT, ["adam_typo", "3"]),
+    "optimizer.lr": (DEFAULT, ["-0.1", "0.0", "'x'"]),
+    "optimizer.weight_decay": (DEFAULT, ["-1e-4", "'x'"]),
+    "optimizer.b1": (DEFAULT, ["1.0", "-0.1", "'x'"]),
+    "optimizer.b2": (DEFAULT, ["1.5", "-0.1", "'x'"]),
+    "optimizer.momentum": (DEFAULT, ["-0.1", "1.0", "'x'"]),
+    "optimizer.trust_coefficient": (DEFAULT, ["-1e-3", "0.0", "'x'"]),
+    "optimizer.warmup_steps": (DEFAULT, ["-1", "600", "'x'"]),
+    "optimizer.schedule": (DEFAULT, ["linear", "3"]),
+    "optimizer.grad_clip_norm": (DEFAULT, ["-1.0", "'x'"]),
+    "checkpoint.every_steps": (DEFAULT, ["0", "'x'"]),
+    "checkpoint.keep": (DEFAULT, ["0", "'x'"]),
+    "log_every": (DEFAULT, ["0", "'x'"]),
+    "progress": (DEFAULT, ["'yes'", "1"]),
+    "compilation_cache_dir": (DEFAULT, ["/dev/null/cache"]),
+    "stop_grace_s": (DEFAULT, ["0.0", "-1.0", "'x'"]),
+    "eval.at_end": (DEFAULT, ["'yes'", "1"]),
+    "eval.knn_k": (DEFAULT, ["0", "'x'"]),
+    "eval.knn_temperature": (DEFAULT, ["0.0", "-0.07", "'x'"]),
+    "eval.batch_size": (DEFAULT, ["0", "'x'"]),
+    "eval.every_steps": (DEFAULT, ["-1", "'x'"]),
+}
+
+# Small and short, so that a value that slipped through would train in seconds (and fail the test).
+TINY = {"num_steps": "2", "batch_size": "64", "model.widths": "(8, 16)", "model.head_hidden": "(16,)",
+        "model.projection_dim": "8", "optimizer.warmup_steps": "1", "eval.at_end": "False", "progress": "False"}
+
+
+def test_every_field_of_the_default_config_has_bad_values():
+    fields = set(flatten(load_config(DEFAULT)))
+    assert fields - set(BAD) == set(), "give the new fields bad values in BAD"
+    assert set(BAD) - fields == set(), "BAD names fields the default config does not have"
+
+
+CASES = [(field, file, text) for field, (file, values) in BAD.items() for text in values]
+
+
+@pytest.mark.parametrize(("field", "config_file", "text"), CASES, ids=[f"{f}={t}" for f, _, t in CASES])
+def test_bad_value_is_refused_in_one_line_before_the_workdir(field, config_file, text, data_dir, compilation_cache,
+                                                            tmp_path, capsys):
+    workdir = tmp_path / "new_run"
+    base = {**TINY, "data.data_dir": repr(data_dir), "compilation_cache_dir": repr(compilation_cache)}
+    overrides = [f"--config.{k}={v}" for k, v in base.items() if k != field] + [f"--config.{field}={text}"]
+    code = run(["--config", config_file, "--workdir", str(workdir), *overrides])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == EXIT_BAD_INPUT, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and field.split(".")[-1] in lines[0], err
+    assert not workdir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), [
+    ("--config.batch_size=3000", "batch_size"),
+    ("--config.model.encoder=resnet", "model.encoder='resnet'"),
+])
+def test_the_command_line_refuses_in_one_line_on_one_device(tmp_path, data_dir, override, message):
+    """As a user runs it: a fresh process with one CPU device (no virtual devices), the default config."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    workdir = tmp_path / "new_run"
+    proc = subprocess.run([sys.executable, "-m", "contrastive.main", "--config", DEFAULT, "--workdir", str(workdir),
+                           f"--config.data.data_dir={data_dir}", override], capture_output=True, text=True,
+                          env=env, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not workdir.exists()
