@@ -23,7 +23,7 @@ Options, applied in this order (each is off by default; the random ones need ``k
        lam ~ 1 + Beta(a, a), drawn PER DIMENSION and per query (a [N, D] array, lam in [1, 2])
        q' = normalize(lam * q + (1 - lam) * k),   k' = normalize(lam * k + (1 - lam) * q)
 
-   This is the per-dimension variant that methods.md describes ("per-dimension l ~ 1 + Beta(a,a)").
+   This is the per-dimension variant (one lam per query and dimension).
    The authors' code (github.com/DTennant/CL-Visualizing-Feature-Transformation, memory/mem_moco.py)
    offers both: ``dim_mask`` picks per-element draws, and their released run.sh uses the default,
    one scalar lam per step for the whole batch, with no re-normalisation. Here the pair is always
@@ -37,7 +37,7 @@ Options, applied in this order (each is off by default; the random ones need ``k
 
        n'_r = normalize(m_r * n_r + (1 - m_r) * n_p(r))
 
-   One m per queue row, re-normalised (methods.md only says m ~ Beta(a, a); the authors' code draws
+   One m per queue row, re-normalised (the paper only says m ~ Beta(a, a); the authors' code draws
    per element with ``dim_mask``, and their run.sh one scalar m for the whole queue without
    re-normalising). The transformed queue replaces the queue in the loss, and MoCHi below mixes
    from it. Nothing is enqueued here.

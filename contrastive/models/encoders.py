@@ -154,5 +154,12 @@ def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveMod
     return ContrastiveModel(encoder, head, predictor)
 
 
+def mixing_modules(model: nnx.Module) -> list[str]:
+    """Paths of the layers whose output for one example depends on the other examples of the batch
+    (BatchNorm in train mode, or any module with `mixes_examples = True`)."""
+    return ["/".join(map(str, path)) for path, node in nnx.iter_graph(model)
+            if isinstance(node, nnx.BatchNorm) or getattr(node, "mixes_examples", False)]
+
+
 def num_params(model: nnx.Module) -> int:
     return sum(jnp.size(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

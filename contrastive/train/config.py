@@ -123,3 +123,22 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
         else:
             out[name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def loss_keywords(loss_fn, loss_cfg, exclude=(), internal=()) -> dict:
+    """The fields of `config.loss` other than `name`, checked against the loss's keyword arguments
+    (less `exclude`, the learned ones, and `internal`, those the step passes)."""
+    name = loss_cfg.name
+    params = inspect.signature(loss_fn).parameters
+    accepted = {p for p, v in params.items() if v.kind == inspect.Parameter.KEYWORD_ONLY}
+    accepted -= {"axis_name", *exclude, *internal}
+    kwargs = {k: v for k, v in loss_cfg.items() if k != "name"}
+    learned = sorted(set(kwargs) & set(exclude))
+    if learned:
+        raise ConfigError(f"config.loss.{learned[0]} is a learned parameter of the dual encoder, not a loss setting; "
+                          "set its initial value with config.model.logit_scale_init / config.model.logit_bias_init")
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join('config.loss.' + k for k in unknown)} for "
+                          f"loss {name!r}; valid keys: name, {', '.join(sorted(accepted))}")
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}

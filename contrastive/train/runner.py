@@ -9,7 +9,6 @@ stopping cleanly on SIGTERM/SIGINT and on a non-finite loss, (5) evaluate the fr
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import pathlib
@@ -25,17 +24,16 @@ from contrastive import checks
 from contrastive.data import pipeline
 from contrastive.data.augment import AugmentConfig
 from contrastive.data.image_text import DATASETS as IMAGE_TEXT_DATASETS
-from contrastive.losses.wmse import check_grouping
+from contrastive.methods import Context, Method
 from contrastive.models.dual import lock_image_tower
-from contrastive.models.encoders import build_model
+from contrastive.models.encoders import build_model, mixing_modules
 from contrastive.models.encoders import check as check_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
-from contrastive.train import final_eval, image_text, momentum
+from contrastive.train import final_eval, image_text
 from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config
 from contrastive.train.config import ConfigError, flatten
-from contrastive.train.methods import DEFAULT_NONFINITE_HINT, Method
 from contrastive.train.metrics_writer import MetricsWriter
-from contrastive.train.objectives import loss_family, make_image_text_objective, make_view_loss
+from contrastive.train.objectives import DEFAULT_NONFINITE_HINT, loss_family, make_image_text_objective, view_method
 from contrastive.train.optim import build_optimizer, learning_rate_schedule
 from contrastive.train.step import init_state, make_train_step
 from contrastive.train.stop import StopRequest
@@ -121,49 +119,11 @@ def check_config(config) -> Setup:
         if config.data.name in IMAGE_TEXT_DATASETS:
             raise ConfigError(f"data.name={config.data.name!r} is image-text data, but loss.name="
                               f"{config.loss.name!r} is a view-based loss; use one of clip, siglip, infoloob")
-        method, objective = make_view_loss(config.loss, augment.num_views)
-        _check_method_state(config, method)
-        if method.kind == "whitening":
-            _check_whitening(config, mesh, augment, objective)
+        method = view_method(config.loss.name)
+        method.check(config, mesh.devices.size)
+        objective = method.bound_loss(config)
     _check_grad_cache(config, mesh, augment, method)
     return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx, family=family, method=method)
-
-
-def _check_method_state(config, method: Method) -> None:
-    """The predictor, EMA and queue settings agree with what `config.loss.name` needs."""
-    name, dp, hidden = config.loss.name, config.directpred.enabled, tuple(config.model.predictor_hidden)
-    if method.predictor and not (hidden or dp) or (hidden and dp):
-        raise ConfigError(f"loss {name!r} needs exactly one predictor: an MLP (model.predictor_hidden, e.g. (128,)) "
-                          f"or DirectPred (directpred.enabled=True); got predictor_hidden={hidden}, "
-                          f"directpred.enabled={dp}")
-    if not method.predictor and (hidden or dp):
-        raise ConfigError(f"loss {name!r} has no predictor: set model.predictor_hidden=() and "
-                          "directpred.enabled=False")
-    if method.target and not 0.0 <= config.ema.momentum <= config.ema.momentum_end <= 1.0:
-        raise ConfigError(f"config.ema.momentum={config.ema.momentum} and config.ema.momentum_end="
-                          f"{config.ema.momentum_end} must satisfy 0 <= momentum <= momentum_end <= 1")
-    if dp:
-        try:
-            checks.check_fields(config.directpred, "directpred.", {"rho": checks.BELOW_ONE, "eps": checks.NON_NEGATIVE})
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    if method.kind == "queue":
-        try:
-            momentum.check_queue_size(config.queue_size, config.batch_size)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    elif config.queue_size:
-        raise ConfigError(f"queue_size={config.queue_size} but loss {name!r} keeps no queue; set queue_size=0")
-
-
-def _check_whitening(config, mesh, augment, loss) -> None:
-    """W-MSE's grouping: w_size against the per-device (local) or global batch and the projection width."""
-    bound = {name: p.default for name, p in inspect.signature(loss).parameters.items()}  # config or default
-    shape = (config.batch_size // mesh.devices.size, augment.num_views, config.model.projection_dim)
-    try:
-        check_grouping(shape, bound["w_size"], bound["whitening"], mesh.devices.size, bound["eps"])
-    except ValueError as e:
-        raise ConfigError(f"config.loss: {e}") from None
 
 
 def _check_grad_cache(config, mesh, augment, method: Method | None) -> None:
@@ -171,22 +131,28 @@ def _check_grad_cache(config, mesh, augment, method: Method | None) -> None:
     if chunks == 0:
         return
     rows = config.batch_size // mesh.devices.size * augment.num_views
-    if method is None or method.kind != "contrastive":
+    if method is None or not method.grad_cache:
         raise ConfigError(f"grad_cache_chunks={chunks}: GradCache is wired for the contrastive view-based losses "
                           f"only, not loss.name={config.loss.name!r}")
-    if config.model.head_norm == "batch":
-        raise ConfigError(f"grad_cache_chunks={chunks} needs an encoder that does not mix examples; "
-                          "model.head_norm='batch' does (its statistics would be per sub-batch)")
     if chunks < 0 or rows % chunks:
         raise ConfigError(f"grad_cache_chunks={chunks} must divide each device's {rows} encoded rows "
                           f"(batch_size / devices x augment.num_views)")
 
 
-def load_split(config, split_key: str, read=None):
-    """The source of `config.data.<split_key>` (`read(name, split, data_dir)`, by default the image
+def _check_grad_cache_model(config, model) -> None:
+    """GradCache encodes sub-batches apart: refuse a built model with a layer that mixes examples."""
+    mixing = mixing_modules(model)
+    if config.grad_cache_chunks and mixing:
+        raise ConfigError(f"grad_cache_chunks={config.grad_cache_chunks} needs a model that does not mix examples; "
+                          f"these layers do: {', '.join(mixing[:4])} (BatchNorm: its statistics would be per "
+                          "sub-batch; e.g. model.head_norm='batch' does)")
+
+
+def load_split(config, split: str, read=None):
+    """The source of `split` of `config.data` (`read(name, split, data_dir)`, by default the image
     pipeline's), read into memory with `data.in_memory`; ConfigError naming the fields when it cannot be read."""
     d = config.data
-    split = d[split_key]
+    split_key = "train_split" if split == d.train_split else "test_split" if split == d.test_split else "split"
     read = read or pipeline.data_source
     try:
         source = read(d.name, split, str(pathlib.Path(d.data_dir).expanduser()))
@@ -268,27 +234,27 @@ def _trace_step(train_step, state, batches) -> None:
 
 
 def _build_views(config, setup, workdir: pathlib.Path) -> Built:
-    train_source = load_split(config, "train_split")
-    test_source = load_split(config, "test_split")
+    train_source = load_split(config, config.data.train_split)
+    test_source = load_split(config, config.data.test_split)
     image_shape = tuple(train_source[0]["image"].shape)
     try:
         setup.augment.check_image(image_shape)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     model = build_model(config.model, image_shape, seed=config.seed)
-    graphdef, state = init_state(model, setup.tx, config.seed, method=setup.method, queue_size=config.queue_size)
+    _check_grad_cache_model(config, model)
+    graphdef, state = init_state(model, setup.tx, config.seed, method=setup.method, config=config)
     pixel_max = pipeline.max_pixel_value(config.data.name)
-    train_step = make_train_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
-                                 max_pixel_value=pixel_max, grad_cache_chunks=config.grad_cache_chunks,
-                                 method=setup.method, num_steps=config.num_steps,
-                                 ema_momentum=(config.ema.momentum, config.ema.momentum_end),
-                                 directpred_cfg=config.directpred)
+    ctx = Context(config=config, mesh=setup.mesh, loss=setup.objective)
+    train_step = make_train_step(graphdef, setup.tx, setup.method, ctx, setup.augment, max_pixel_value=pixel_max,
+                                 grad_cache_chunks=config.grad_cache_chunks)
 
     def evaluate(state):
         return final_eval.evaluate(config, graphdef, state, train_source, test_source, pixel_max,
                                    plot_path=workdir / "similarities.png")
 
-    return Built(train_source=train_source, keys=("image", "label"), graphdef=graphdef, state=state,
+    keys = ("image", "label", *(("index",) if setup.method.needs.index else ()))
+    return Built(train_source=train_source, keys=keys, graphdef=graphdef, state=state,
                  train_step=train_step, evaluate=evaluate, format_table=final_eval.format_table)
 
 

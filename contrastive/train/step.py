@@ -1,13 +1,13 @@
-"""The train state and the jitted train steps: view-based (SimCLR family) and image-text (CLIP family).
+"""The train state and the jitted train steps: view-based (a `contrastive.methods` method) and image-text.
 
-The state is one pytree, checkpointed whole. Fields later methods fill in are already part of it:
-`target` for an EMA target network (BYOL, MoCo), `queue` for a FIFO of past keys (MoCo), `buffers` for
-per-sample state indexed by the dataset's `index` field (e.g. iSogCLR temperatures).
+The state is one pytree, checkpointed whole: the parameters, other model variables (BatchNorm
+statistics), the optimizer state, the base PRNG key and `method_state`, the dict a method keeps beside the
+parameters (`Method.init_state`: an EMA target, a key queue, DirectPred's correlation; empty for SimCLR).
 
-Which extra state a method needs and what its step computes is in `contrastive.train.methods`.
 Inside the step, the global batch (sharded over the mesh's `data` axis) is augmented, encoded and
-projected under `jax.jit`, which partitions that work over the devices; the loss runs under
+projected under `jax.jit`, which partitions that work over the devices; the method's loss runs under
 `jax.shard_map`, so each device holds its own rows and the loss gathers the global negatives exactly.
+The step calls the method's hooks (`forward`, `update_state`) and names no method.
 Both steps share the update (`_apply_gradients`) and the jit with fixed shardings (`_jit_step`).
 """
 
@@ -23,10 +23,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from contrastive.data.augment import AugmentConfig, augment_views
-from contrastive.models import directpred
+from contrastive.methods import Context, Method, flatten_views
 from contrastive.parallel.gradcache import grad_cache
-from contrastive.train import momentum
-from contrastive.train.methods import METHODS, Method, flatten_views, make_forward
 
 
 @struct.dataclass
@@ -36,25 +34,17 @@ class TrainState:
     model_state: nnx.State  # other model variables (e.g. BatchNorm statistics); empty for most models
     opt_state: optax.OptState
     rng: jax.Array  # base key; step s uses fold_in(rng, s), so no key is ever carried forward
-    target: Any = None  # EMA target network parameters
-    queue: Any = None  # FIFO of past keys
-    buffers: Any = struct.field(default_factory=dict)  # per-sample state
+    method_state: Any = struct.field(default_factory=dict)  # the method's own state (Method.init_state)
 
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, *, method: Method | None = None,
-               queue_size: int = 0) -> tuple[nnx.GraphDef, TrainState]:
-    """The state at step 0; with `method`, also what it needs: the EMA target starts as a copy of the
-    online parameters, the queue as `queue_size` random unit keys, DirectPred's correlation at zero."""
+               config=None) -> tuple[nnx.GraphDef, TrainState]:
+    """The state at step 0; with `method` (and the `config` it reads), also its `init_state`."""
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    rng = jax.random.PRNGKey(seed)
+    method_state = method.init_state(model, params, config, rng) if method is not None else {}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                       opt_state=tx.init(params), rng=jax.random.PRNGKey(seed))
-    if method is not None and method.target:
-        state = state.replace(target=jax.tree.map(jnp.copy, params))  # copies: the step donates both
-    if method is not None and method.kind == "queue":
-        state = state.replace(queue=momentum.init_queue(jax.random.fold_in(state.rng, 0x51), queue_size,
-                                                        model.projection_dim))
-    if method is not None and method.predictor and model.predictor is None:
-        state = state.replace(buffers={"correlation": directpred.init_correlation(model.projection_dim)})
+                       opt_state=tx.init(params), rng=rng, method_state=method_state)
     return graphdef, state
 
 
@@ -62,36 +52,31 @@ def images_to_float(images: jax.Array, max_value: float) -> jax.Array:
     return images.astype(jnp.float32) / max_value
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss,
-                    augment: AugmentConfig, mesh: jax.sharding.Mesh, *, max_pixel_value: float,
-                    grad_cache_chunks: int = 0, method: Method = METHODS["nt_xent"], num_steps: int = 1,
-                    ema_momentum: tuple[float, float] = (0.996, 1.0), directpred_cfg=None):
-    """`step(state, batch) -> (state, metrics)`, jitted, donating the old state.
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, method: Method, ctx: Context,
+                    augment: AugmentConfig, *, max_pixel_value: float, grad_cache_chunks: int = 0):
+    """`step(state, batch) -> (state, metrics)` of `method`, jitted, donating the old state.
 
-    `batch` holds `image` [B, H, W, C] (integers up to `max_pixel_value`) and `label` [B], sharded along
-    `data`. `method` (see `contrastive.train.methods`) says what `loss` needs; for the contrastive kind
-    `loss` is an objective `(z [b, V, D], labels, *, axis_name)`. `metrics` are scalars: `loss`, the
-    loss's own metrics, `grad_norm`, and `ema_momentum` for methods with a target.
+    `batch` holds `image` [B, H, W, C] (integers up to `max_pixel_value`) and the fields the method needs
+    (`label`, `index`), sharded along `data`. `metrics` are scalars: `loss`, the loss's own metrics,
+    `grad_norm`, and what `method.update_state` adds (e.g. `ema_momentum`). After the optimizer update the
+    step writes back the BatchNorm statistics and the method's state (`method.update_state`).
 
-    After the optimizer update the step writes back BatchNorm statistics, the EMA target
-    (momentum cosine from `ema_momentum[0]` to `[1]` over `num_steps`), the key queue and DirectPred's
-    correlation (`contrastive.train.momentum`).
-
-    With `grad_cache_chunks=k > 0` (contrastive kind only) the gradient is computed by GradCache
+    With `grad_cache_chunks=k > 0` (methods with `grad_cache`) the gradient is computed by GradCache
     (`contrastive.parallel.grad_cache`): each device encodes its views in k sub-batches, so encoder
     activations of only one sub-batch are alive at a time, and the gradient is the same as the plain
-    step's (up to float rounding). The encoder must not mix examples (no BatchNorm).
+    step's (up to float rounding). The model must not mix examples (the runner refuses one that does).
     """
-    forward = make_forward(method, loss, mesh, directpred_cfg=directpred_cfg)
+    needs_target = method.needs.target
 
     def local_grad_cache(params, model_state, views, labels):
+        objective = method.objective(ctx)
         encode = lambda p, x, key: nnx.merge(graphdef, p, model_state)(x)
-        loss_of = lambda z: loss(z.reshape(labels.shape[0], augment.num_views, -1), labels, axis_name="data")
+        loss_of = lambda z: objective(z.reshape(labels.shape[0], augment.num_views, -1), labels, axis_name="data")
         value, metrics, grads = grad_cache(encode, loss_of, params, views, num_chunks=grad_cache_chunks,
                                            axis_name="data")
         return (value, (metrics, model_state, {})), grads
 
-    grad_cache_on_mesh = jax.shard_map(local_grad_cache, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
+    grad_cache_on_mesh = jax.shard_map(local_grad_cache, mesh=ctx.mesh, in_specs=(P(), P(), P("data"), P("data")),
                                        out_specs=((P(), (P(), P(), P())), P()))
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -103,12 +88,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         # The loss's own sampling (W-MSE, MoCHi, FT): an index no batch row reaches, so it is independent
         # of every view's augmentation stream fold_in(key, row).
         loss_key = jax.random.fold_in(key, jnp.uint32(2**32 - 1))
+        fields = {k: v for k, v in batch.items() if k != "image"}
 
         def loss_fn(params):
             # copy=True: BatchNorm writes its batch statistics into variables of this trace level.
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
-            target = nnx.merge(graphdef, state.target, state.model_state, copy=True) if method.target else None
-            value, metrics, out = forward(model, target, state, views, batch["label"], loss_key)
+            target = (nnx.merge(graphdef, state.method_state["target"], state.model_state, copy=True)
+                      if needs_target else None)
+            value, metrics, out = method.forward(ctx, model, target, state.method_state, views, fields, loss_key)
             _, _, model_state = nnx.split(model, nnx.Param, ...)  # BatchNorm statistics of this batch
             return value, (metrics, model_state, out)
 
@@ -117,18 +104,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         else:
             value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
         state, (metrics, model_state, out) = _apply_gradients(state, tx, value_and_grad)
-        state = state.replace(model_state=model_state)
-        if method.target:
-            m = momentum.ema_momentum(state.step - 1, num_steps, *ema_momentum)
-            state = state.replace(target=momentum.ema_update(state.target, state.params, m))
-            metrics = {**metrics, "ema_momentum": m}
-        if "keys" in out:
-            state = state.replace(queue=momentum.enqueue(state.queue, out["keys"]))
-        if "correlation" in out:
-            state = state.replace(buffers={**state.buffers, "correlation": out["correlation"]})
-        return state, metrics
+        method_state, more = method.update_state(ctx, state.method_state, out, state.params, state.step)
+        state = state.replace(model_state=model_state, method_state=method_state)
+        return state, {**metrics, **more}
 
-    return _jit_step(train_step, mesh)
+    return _jit_step(train_step, ctx.mesh)
 
 
 def choose_captions(key: jax.Array, tokens: jax.Array, num_captions: jax.Array) -> jax.Array:

@@ -9,13 +9,13 @@ from flax import nnx
 
 from contrastive.data import pipeline
 from contrastive.data.augment import AugmentConfig, augment_views
+from contrastive.methods import Context
 from contrastive.models import directpred
 from contrastive.models.encoders import build_model
 from contrastive.parallel.mesh import make_mesh
 from contrastive.train.config import ConfigError
-from contrastive.train.methods import make_forward
 from contrastive.train.metrics_writer import read_metrics
-from contrastive.train.objectives import make_view_loss
+from contrastive.train.objectives import view_method
 from contrastive.train.optim import build_optimizer
 from contrastive.train.runner import load_split, train_and_evaluate
 from contrastive.train.step import images_to_float, init_state, make_train_step
@@ -44,21 +44,21 @@ def losses_of(workdir):
 
 
 def built(config, num_devices=1):
-    """(graphdef, state, step, batch, method, loss, mesh) for one step of `config` by hand."""
+    """(graphdef, state, step, batch, method, ctx, mesh) for one step of `config` by hand."""
     mesh = make_mesh(num_devices)
     source = load_split(config, "train")
     model = build_model(config.model, tuple(source[0]["image"].shape), seed=config.seed)
     augment = AugmentConfig(**config.augment)
-    method, loss = make_view_loss(config.loss, augment.num_views)
+    method = view_method(config.loss.name)
+    method.check(config, num_devices)
+    ctx = Context(config=config, mesh=mesh, loss=method.bound_loss(config))
     tx = build_optimizer(config.optimizer, config.num_steps)
-    graphdef, state = init_state(model, tx, config.seed, method=method, queue_size=config.queue_size)
-    step = make_train_step(graphdef, tx, loss, augment, mesh, max_pixel_value=16.0, method=method,
-                           num_steps=config.num_steps, ema_momentum=(config.ema.momentum, config.ema.momentum_end),
-                           directpred_cfg=config.directpred)
+    graphdef, state = init_state(model, tx, config.seed, method=method, config=config)
+    step = make_train_step(graphdef, tx, method, ctx, augment, max_pixel_value=16.0)
     batches = pipeline.GlobalBatches(source, global_batch_size=config.batch_size, seed=0, mesh=mesh,
                                      keys=("image", "label"))
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    return graphdef, state, step, next(batches.iterate(0)), method, loss, mesh
+    return graphdef, state, step, next(batches.iterate(0)), method, ctx, mesh
 
 
 def views_of(config, state, batch):
@@ -70,16 +70,16 @@ def views_of(config, state, batch):
 @pytest.mark.parametrize("name", ["byol", "moco"])
 def test_target_branch_gets_exactly_zero_gradient(tiny_config, name):
     config = method_config(tiny_config, name)
-    graphdef, state, _, batch, method, loss, mesh = built(config)
-    forward = make_forward(method, loss, mesh, directpred_cfg=config.directpred)
+    graphdef, state, _, batch, method, ctx, mesh = built(config)
     views = views_of(config, state, batch)
 
     def value(params, target_params):
         model = nnx.merge(graphdef, params, state.model_state, copy=True)
         target = nnx.merge(graphdef, target_params, state.model_state, copy=True)
-        return forward(model, target, state, views, batch["label"], jax.random.PRNGKey(0))[0]
+        fields = {"label": batch["label"]}
+        return method.forward(ctx, model, target, state.method_state, views, fields, jax.random.PRNGKey(0))[0]
 
-    online_grad, target_grad = jax.grad(value, argnums=(0, 1))(state.params, state.target)
+    online_grad, target_grad = jax.grad(value, argnums=(0, 1))(state.params, state.method_state["target"])
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(target_grad))
     assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(online_grad))
 
@@ -90,7 +90,7 @@ def test_ema_target_follows_the_online_network(tiny_config):
     before = jax.tree.map(np.asarray, state.params)
     state, metrics = step(state, batch)
     assert float(metrics["ema_momentum"]) == pytest.approx(0.9)
-    for t, old, new in zip(*(jax.tree.leaves(x) for x in (state.target, before, state.params))):
+    for t, old, new in zip(*(jax.tree.leaves(x) for x in (state.method_state["target"], before, state.params))):
         np.testing.assert_allclose(t, 0.9 * old + 0.1 * np.asarray(new), rtol=1e-5, atol=1e-7)
 
 
@@ -98,11 +98,12 @@ def test_queue_holds_the_keys_of_every_device_in_global_order(tiny_config):
     config = method_config(tiny_config, "moco")
     results = {}
     for devices in (1, 8):
-        graphdef, state, step, batch, method, loss, mesh = built(config, devices)
-        initial = np.asarray(state.queue["keys"])
-        keys = nnx.merge(graphdef, state.target, state.model_state)(views_of(config, state, batch)[:, 1])
+        graphdef, state, step, batch, method, ctx, mesh = built(config, devices)
+        initial = np.asarray(state.method_state["queue"]["keys"])
+        target = nnx.merge(graphdef, state.method_state["target"], state.model_state)
+        keys = target(views_of(config, state, batch)[:, 1])
         state, metrics = step(state, batch)
-        results[devices] = (np.asarray(state.queue["keys"]), float(metrics["loss"]))
+        results[devices] = (np.asarray(state.method_state["queue"]["keys"]), float(metrics["loss"]))
     queue, batch_size = results[8][0], config.batch_size
     expected = np.asarray(keys / jnp.linalg.norm(keys, axis=1, keepdims=True))
     np.testing.assert_allclose(queue[:batch_size], expected, rtol=1e-4, atol=1e-5)
@@ -119,11 +120,11 @@ def test_directpred_correlation_and_predictor_after_a_step(tiny_config):
     state, _ = step(state, batch)
     z = np.asarray(z, np.float64)
     expected = z.T @ z / len(z)  # the first update stores E[z z^T] (the authors' empty EMA)
-    np.testing.assert_allclose(state.buffers["correlation"], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.method_state["correlation"], expected, rtol=1e-4, atol=1e-6)
     lam, u = np.linalg.eigh(expected)
     lam = np.clip(lam, 0, None)
     w = u @ np.diag(np.sqrt(lam / lam.max()) + config.directpred.eps) @ u.T
-    np.testing.assert_allclose(directpred.predictor_weights(state.buffers["correlation"],
+    np.testing.assert_allclose(directpred.predictor_weights(state.method_state["correlation"],
                                                             eps=config.directpred.eps), w, atol=1e-4)
 
 

@@ -68,8 +68,9 @@ def test_queue_and_target_round_trip_through_a_checkpoint(tmp_path):
     params = {"w": jax.random.normal(jax.random.PRNGKey(1), (4, 3))}
     queue = momentum.enqueue(momentum.init_queue(jax.random.PRNGKey(2), 8, 3), jnp.ones((4, 3)))
     state = TrainState(step=jnp.array(7, jnp.int32), params=params, model_state={}, opt_state=(),
-                       rng=jax.random.PRNGKey(0), target=jax.tree.map(lambda x: x * 0.5, params), queue=queue,
-                       buffers={"correlation": jnp.eye(3) * 2.0})
+                       rng=jax.random.PRNGKey(0),
+                       method_state={"target": jax.tree.map(lambda x: x * 0.5, params), "queue": queue,
+                                     "correlation": jnp.eye(3) * 2.0})
     checkpointer = Checkpointer(tmp_path, every_steps=1, keep=1)
     checkpointer.save(7, state, {"data_position": 7}, force=True)
     checkpointer.wait()
@@ -78,4 +79,4 @@ def test_queue_and_target_round_trip_through_a_checkpoint(tmp_path):
     assert step == 7
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert int(restored.queue["ptr"]) == 4
+    assert int(restored.method_state["queue"]["ptr"]) == 4

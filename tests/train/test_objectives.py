@@ -1,12 +1,11 @@
 import pathlib
 
-import ml_collections
 import numpy as np
 import pytest
 
-from contrastive.train.config import ConfigError
+from contrastive.train.config import ConfigError, load_config
 from contrastive.train.metrics_writer import read_metrics
-from contrastive.train.objectives import make_view_loss
+from contrastive.train.objectives import view_method
 from contrastive.train.runner import train_and_evaluate
 
 
@@ -20,11 +19,11 @@ def test_each_config_trains_end_to_end(tiny_config, tmp_path, config_file):
 
 
 def test_objective_checks_names_views_and_keys():
-    loss = ml_collections.ConfigDict({"name": "nt_xentt", "temperature": 0.1})
+    config = load_config("configs/simclr_digits.py")
     with pytest.raises(ConfigError, match="loss.name='nt_xentt' is not one of nt_xent, dcl, supcon"):
-        make_view_loss(loss, 2)
-    loss.name = "nt_xent"
+        view_method("nt_xentt")
+    config.augment.num_views = 3
     with pytest.raises(ConfigError, match="needs augment.num_views=2, got 3"):
-        make_view_loss(loss, 3)
-    loss.name = "supcon"
-    make_view_loss(loss, 3)  # any number of views
+        view_method("nt_xent").check(config, 1)
+    config.loss.name = "supcon"
+    view_method("supcon").check(config, 1)  # any number of views

@@ -1,0 +1,128 @@
+"""The method protocol: one object per view-based method, found by name in `contrastive.methods.REGISTRY`.
+
+A method declares what its step needs (`Needs`) and implements four hooks; the runner and the train step
+call these and name no method:
+
+* `check(config, devices)`: raise ConfigError for settings the method cannot run with (before any compute).
+* `init_state(model, config, rng) -> dict`: what the method keeps beside the parameters (an EMA target, a
+  key queue, a running correlation); it is part of the train state and of every checkpoint.
+* `forward(ctx, model, target, state, views, batch, key) -> (loss, metrics, out)`: the loss of the online
+  `model` (differentiated) on the augmented global batch `views` [B, V, H, W, C]; `target` is the EMA
+  network (or None), `state` the method's state, `batch` the batch's other fields (`label`, `index`),
+  `key` the loss's own PRNG key. The encoders run under `jax.jit` on the global batch (BatchNorm statistics
+  are global); the loss runs under `jax.shard_map` with `axis_name="data"` (`ctx.on_mesh`). `out` holds
+  what `update_state` writes back.
+* `update_state(ctx, state, out, params, step) -> (state, metrics)`: after the optimizer update, e.g. the
+  EMA step of the target, the queue write, the correlation update.
+
+`ctx` (`Context`) carries the config, the mesh and the loss with its config keywords bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from contrastive.train import momentum
+from contrastive.train.config import ConfigError, loss_keywords
+
+ROWS, SAME = P("data"), P()
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What a method's step needs besides the online encoder and head."""
+
+    views: int | None = 2  # augmented views per example; None: any number >= 2
+    labels: bool = False  # batch["label"] reaches the loss (SupCon)
+    index: bool = False  # batch["index"], the dataset position of each row (per-sample state)
+    target: bool = False  # an EMA target network
+    predictor: bool = False  # a predictor on the online projections (an MLP or DirectPred's closed form)
+    queue: bool = False  # a queue of past keys
+    key: bool = False  # a PRNG `key` for the loss's own sampling (W-MSE groups, MoCHi, FT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    config: object
+    mesh: jax.sharding.Mesh
+    loss: Callable  # the method's loss with its config.loss keywords bound
+
+    def on_mesh(self, fn, *in_specs):
+        """`fn` under `jax.shard_map` over the mesh, returning (loss, metrics) replicated."""
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=(SAME, SAME))
+
+
+def flatten_views(views: jax.Array) -> jax.Array:
+    """[B, V, ...] -> [B * V, ...], example-major (the rows of one example's views are adjacent)."""
+    return views.reshape(views.shape[0] * views.shape[1], *views.shape[2:])
+
+
+def per_view(z: jax.Array, batch: int) -> jax.Array:
+    return z.reshape(batch, -1, z.shape[-1])
+
+
+class Method:
+    """A view-based method. Subclasses set `name`, `needs`, `loss_fn` and implement `forward`."""
+
+    name: str = ""
+    description: str = ""
+    needs: Needs = Needs()
+    loss_fn: Callable = None  # the pure loss of contrastive.losses
+    grad_cache: bool = False  # GradCache applies: the loss sees only the online projections
+    nonfinite_hint: str = ""  # what to change when the loss becomes non-finite
+
+    # -- config ---------------------------------------------------------------------------------
+    def loss_kwargs(self, config) -> dict:
+        """`config.loss` less `name`, checked against the loss's keyword arguments (less those the step passes)."""
+        return loss_keywords(self.loss_fn, config.loss, internal=("key",) if self.needs.key else ())
+
+    def bound_loss(self, config) -> Callable:
+        kwargs = self.loss_kwargs(config)
+        return lambda *args, **more: self.loss_fn(*args, **kwargs, **more)
+
+    def check(self, config, devices: int) -> None:
+        """The views, the loss's keywords, the predictor, EMA and queue settings; subclasses add their own."""
+        num_views, name = config.augment.num_views, self.name
+        if (self.needs.views is not None and num_views != self.needs.views) or num_views < 2:
+            need = self.needs.views if self.needs.views is not None else "at least 2"
+            raise ConfigError(f"loss {name!r} needs augment.num_views={need}, got {num_views}")
+        self.loss_kwargs(config)
+        dp, hidden = config.directpred.enabled, tuple(config.model.predictor_hidden)
+        if self.needs.predictor and not (hidden or dp) or (hidden and dp):
+            raise ConfigError(f"loss {name!r} needs exactly one predictor: an MLP (model.predictor_hidden, e.g. "
+                              f"(128,)) or DirectPred (directpred.enabled=True); got predictor_hidden={hidden}, "
+                              f"directpred.enabled={dp}")
+        if not self.needs.predictor and (hidden or dp):
+            raise ConfigError(f"loss {name!r} has no predictor: set model.predictor_hidden=() and "
+                              "directpred.enabled=False")
+        ema = config.ema
+        if self.needs.target and not 0.0 <= ema.momentum <= ema.momentum_end <= 1.0:
+            raise ConfigError(f"config.ema: EMA momentum must satisfy 0 <= momentum <= momentum_end <= 1, got "
+                              f"config.ema.momentum={ema.momentum}, config.ema.momentum_end={ema.momentum_end}")
+        if not self.needs.queue and config.queue_size:
+            raise ConfigError(f"queue_size={config.queue_size} but loss {name!r} keeps no queue; set queue_size=0")
+
+    # -- state ----------------------------------------------------------------------------------
+    def init_state(self, model, params, config, rng: jax.Array) -> dict:
+        """The method's state at step 0; the EMA target starts as a copy of the online parameters (copies:
+        the step donates both). Subclasses add theirs to this."""
+        del model, config, rng
+        return {"target": jax.tree.map(jnp.copy, params)} if self.needs.target else {}
+
+    def update_state(self, ctx: Context, state: dict, out: dict, params, step) -> tuple[dict, dict]:
+        """EMA step of the target (BYOL's cosine momentum schedule from ema.momentum to ema.momentum_end)."""
+        del out
+        if not self.needs.target:
+            return state, {}
+        ema = ctx.config.ema
+        m = momentum.ema_momentum(step - 1, ctx.config.num_steps, ema.momentum, ema.momentum_end)
+        return {**state, "target": momentum.ema_update(state["target"], params, m)}, {"ema_momentum": m}
+
+    # -- step -----------------------------------------------------------------------------------
+    def forward(self, ctx: Context, model, target, state: dict, views: jax.Array, batch: dict, key: jax.Array):
+        raise NotImplementedError

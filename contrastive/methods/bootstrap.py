@@ -1,0 +1,66 @@
+"""BYOL and SimSiam: a predictor on the online projections regresses the other view's target projection.
+
+| name    | paper                  | online branch   | target branch          | loss                        |
+|---------|------------------------|-----------------|------------------------|-----------------------------|
+| byol    | Grill et al. 2020      | q(g(f(x_v)))    | EMA g(f(x_v)), no grad | 2 - 2cos(q_1, t_2) + (1<->2)|
+| simsiam | Chen & He 2021         | q(g(f(x_v)))    | stop_grad g(f(x_v))    | -(cos(p_1,z_2)+cos(p_2,z_1))/2 |
+
+The predictor is an MLP (`model.predictor_hidden`) or, with `directpred.enabled`, DirectPred's closed form
+(Tian et al. 2021): W = U diag(p) U^T from the EMA correlation F of the online projections, updated with
+this batch before W is formed; W gets no gradient, and F is the method's state.
+"""
+
+from __future__ import annotations
+
+from contrastive import checks, losses
+from contrastive.methods.base import ROWS, Method, Needs, flatten_views, per_view
+from contrastive.models import directpred
+from contrastive.train.config import ConfigError
+
+
+class BootstrapMethod(Method):
+    nonfinite_hint = "Lower optimizer.lr or enable optimizer.grad_clip_norm."
+
+    def __init__(self, name: str, description: str, loss_fn, *, target: bool):
+        self.name, self.description, self.loss_fn = name, description, loss_fn
+        self.needs = Needs(views=2, target=target, predictor=True)
+
+    def check(self, config, devices: int) -> None:
+        super().check(config, devices)
+        if config.directpred.enabled:
+            try:
+                checks.check_fields(config.directpred, "directpred.",
+                                    {"rho": checks.BELOW_ONE, "eps": checks.NON_NEGATIVE})
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+    def init_state(self, model, params, config, rng):
+        state = super().init_state(model, params, config, rng)
+        if config.directpred.enabled:
+            state["correlation"] = directpred.init_correlation(model.projection_dim)
+        return state
+
+    def forward(self, ctx, model, target, state, views, batch, key):
+        loss = ctx.loss
+        apply = ctx.on_mesh(lambda p, t: loss(p[:, 0], p[:, 1], t[:, 0], t[:, 1], axis_name="data"), ROWS, ROWS)
+        size, x = views.shape[0], flatten_views(views)
+        z = model(x)
+        out = {}
+        dp = ctx.config.directpred
+        if dp.enabled:
+            out["correlation"] = directpred.update_correlation(state["correlation"], z, rho=dp.rho)
+            p = z @ directpred.predictor_weights(out["correlation"], eps=dp.eps)
+        else:
+            p = model.predict(z)
+        t = target(x) if target is not None else z  # SimSiam: the loss stops the gradient into z
+        return (*apply(per_view(p, size), per_view(t, size)), out)
+
+    def update_state(self, ctx, state, out, params, step):
+        state, metrics = super().update_state(ctx, state, out, params, step)
+        if "correlation" in out:
+            state = {**state, "correlation": out["correlation"]}
+        return state, metrics
+
+
+BYOL = BootstrapMethod("byol", "BYOL: EMA target + predictor", losses.byol, target=True)
+SIMSIAM = BootstrapMethod("simsiam", "SimSiam: stop-gradient + predictor", losses.simsiam, target=False)
