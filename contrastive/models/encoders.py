@@ -121,31 +121,33 @@ class ContrastiveModel(nnx.Module):
         return self.predictor(z)
 
 
-ENCODERS = ("cnn", "mlp")
+# name -> build(cfg, image_shape (H, W, C), rngs) -> an encoder module with `out_features`.
+# A new encoder is one entry (`register_encoder`); `config.model.encoder` selects it.
+ENCODERS = {
+    "cnn": lambda cfg, shape, rngs: SmallCNN(shape[2], tuple(cfg.widths), image_size=shape[:2],
+                                             dense=tuple(cfg.dense), rngs=rngs),
+    "mlp": lambda cfg, shape, rngs: FlatMLP(shape[0] * shape[1] * shape[2], tuple(cfg.widths), rngs=rngs),
+}
 
 
-RULES = {"encoder": checks.one_of(ENCODERS), "widths": checks.SOME_WIDTHS, "dense": checks.WIDTHS,
-         "head_hidden": checks.WIDTHS, "projection_dim": checks.POSITIVE, "head_norm": checks.one_of(NORMS),
-         "predictor_hidden": checks.WIDTHS}
+def register_encoder(name: str, build) -> None:
+    ENCODERS[name] = build
+
+
+RULES = {"widths": checks.SOME_WIDTHS, "dense": checks.WIDTHS, "head_hidden": checks.WIDTHS,
+         "projection_dim": checks.POSITIVE, "head_norm": checks.one_of(NORMS), "predictor_hidden": checks.WIDTHS}
 
 
 def check(cfg) -> None:
     """Raise ValueError naming the first field of `config.model` out of its range."""
-    checks.check_fields(cfg, "model.", RULES)
+    checks.check_fields(cfg, "model.", {"encoder": checks.one_of(ENCODERS), **RULES})
 
 
 def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveModel:
     """The model a `config.model` describes (see configs/common.py for the fields)."""
     check(cfg)
     rngs = nnx.Rngs(seed)
-    height, width, channels = image_shape
-    if cfg.encoder == "cnn":
-        encoder = SmallCNN(channels, tuple(cfg.widths), image_size=(height, width), dense=tuple(cfg.dense),
-                           rngs=rngs)
-    elif cfg.encoder == "mlp":
-        encoder = FlatMLP(height * width * channels, tuple(cfg.widths), rngs=rngs)
-    else:
-        raise ValueError(f"model.encoder={cfg.encoder!r} is not one of {ENCODERS}")
+    encoder = ENCODERS[cfg.encoder](cfg, tuple(image_shape), rngs)
     head = MLP(encoder.out_features, (*cfg.head_hidden, cfg.projection_dim), rngs=rngs, norm=cfg.head_norm)
     predictor = None
     if cfg.predictor_hidden:

@@ -313,6 +313,7 @@ def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, 
             bar.update(1)
             if save_now:
                 checkpointer.save(done, state, {**meta, "data_position": done}, force=True)
+                stop.step_finished()  # the save is under way: progress, not a hang
             periodic(done, num_steps, state)
             if stop.signal is not None:
                 bar.close()

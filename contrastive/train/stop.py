@@ -40,11 +40,13 @@ class StopRequest:
         self.grace_s = grace_s
         self.newest_checkpoint = newest_checkpoint
         self.signal: str | None = None
-        self._finished = threading.Event()
+        self._progress = 0  # how many times a step's results reached the host
+        self._closed_event = threading.Event()
         self._previous: dict = {}
         self._pipe: tuple[int, int] | None = None
         self._previous_fd = -1
         self._watcher: threading.Thread | None = None
+        self._closed = False
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
@@ -60,6 +62,8 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc):
+        self._closed = True
+        self._closed_event.set()  # a grace timer still running has nothing left to guard
         if self._pipe is None:
             return
         signal.set_wakeup_fd(self._previous_fd)
@@ -75,7 +79,7 @@ class StopRequest:
         self.signal = self.signal or signal.Signals(signum).name
 
     def step_finished(self) -> None:
-        self._finished.set()
+        self._progress += 1
 
     def _watch(self) -> None:
         read_fd = self._pipe[0]
@@ -94,17 +98,21 @@ class StopRequest:
                 count += 1
                 if count == 1:
                     self.signal = self.signal or name
-                    self._finished.clear()
                     sys.stderr.write(f"\n{name}: stopping after the current step and saving a checkpoint; a second "
                                      f"signal exits at once, and so does no step finishing within "
                                      f"{self.grace_s:g} s\n")
                     sys.stderr.flush()
-                    threading.Thread(target=self._await_step, args=(name,), daemon=True).start()
+                    threading.Thread(target=self._await_step, args=(name, self._progress), daemon=True).start()
                 else:
                     self._exit_now(f"a second {name} came before the current step and its checkpoint were done")
 
-    def _await_step(self, name: str) -> None:
-        if not self._finished.wait(self.grace_s):
+    def _await_step(self, name: str, seen: int) -> None:
+        """After `grace_s`, exit unless a step finished since the signal or the loop has ended. (A step that
+        finished between the signal and this thread's start counts as none; if the save after it then
+        takes longer than `grace_s`, the exit leaves that checkpoint unfinished, which no resume reads.)"""
+        if self._closed_event.wait(self.grace_s):
+            return
+        if self._progress == seen:
             self._exit_now(f"no step finished within {self.grace_s:g} s of {name}: the step in flight hung")
 
     def _exit_now(self, reason: str) -> None:
