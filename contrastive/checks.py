@@ -14,20 +14,22 @@ from collections.abc import Callable, Iterable
 @dataclasses.dataclass(frozen=True)
 class Rule:
     ok: Callable[[object], bool]
-    text: str  # what the message says of a bad value
+    text: str  # the message for a bad value, with {field} and {value}
 
 
-POSITIVE = Rule(lambda v: v > 0, "must be > 0")
-NON_NEGATIVE = Rule(lambda v: v >= 0, "must be >= 0")
-BELOW_ONE = Rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
-PROBABILITY = Rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")
-WIDTHS = Rule(lambda v: all(w > 0 for w in v), "must be a tuple of positive widths (or ())")
-SOME_WIDTHS = Rule(lambda v: len(v) > 0 and all(w > 0 for w in v), "must be a non-empty tuple of positive widths")
+POSITIVE = Rule(lambda v: v > 0, "{field} must be > 0, got {value!r}")
+AT_LEAST_ONE = Rule(lambda v: v >= 1, "{field} must be >= 1, got {value!r}")
+NON_NEGATIVE = Rule(lambda v: v >= 0, "{field} must be >= 0, got {value!r}")
+BELOW_ONE = Rule(lambda v: 0 <= v < 1, "{field} must be in [0, 1), got {value!r}")
+PROBABILITY = Rule(lambda v: 0 <= v <= 1, "{field} must be in [0, 1], got {value!r}")
+WIDTHS = Rule(lambda v: all(w > 0 for w in v), "{field} must be a tuple of positive widths (or ()), got {value!r}")
+SOME_WIDTHS = Rule(lambda v: len(v) > 0 and all(w > 0 for w in v),
+                   "{field} must be a non-empty tuple of positive widths, got {value!r}")
 
 
 def one_of(options: Iterable[str]) -> Rule:
     options = tuple(options)
-    return Rule(lambda v: v in options, f"is not one of {', '.join(map(repr, options))}")
+    return Rule(lambda v: v in options, "{field}={value!r} is not one of " + ", ".join(map(repr, options)))
 
 
 def check_fields(cfg, prefix: str, rules: dict[str, Rule]) -> None:
@@ -39,4 +41,4 @@ def check_fields(cfg, prefix: str, rules: dict[str, Rule]) -> None:
         except TypeError:
             ok = False
         if not ok:
-            raise ValueError(f"config.{prefix}{name}={value!r} {rule.text}")
+            raise ValueError(rule.text.format(field=f"config.{prefix}{name}", value=value))

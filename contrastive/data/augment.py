@@ -38,7 +38,7 @@ class AugmentConfig:
 
     def __post_init__(self):
         rules = {f.name: checks.NON_NEGATIVE for f in dataclasses.fields(self)}
-        rules.update(num_views=checks.POSITIVE, max_zoom=checks.BELOW_ONE, contrast=checks.BELOW_ONE,
+        rules.update(num_views=checks.AT_LEAST_ONE, max_zoom=checks.BELOW_ONE, contrast=checks.BELOW_ONE,
                      cutout_prob=checks.PROBABILITY)
         checks.check_fields(dataclasses.asdict(self), "augment.", rules)
 
