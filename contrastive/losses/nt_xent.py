@@ -62,10 +62,9 @@ def nt_xent(
       impl: "auto" (default), "gather" (all-gather the keys, dense b x B logits; the reference) or "ring"
         (pass key blocks around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see
         ``losses.streamed``). "auto" decides at trace time from the static shapes
-        (``streamed.auto_impl``): "gather" without chunks below 4,096 global rows (here 2N; the
-        benchmark in experiments/results/loss_memory.md measured gather as fast up to B = 1,024 and the
-        streamed paths 1.5-3.5x faster from 4,096), with ``hardest_negatives`` or a non-scalar
-        temperature; otherwise "ring" when ``axis_name`` is set, else tiles of up to 512 rows.
+        (``streamed.auto_impl``, where the threshold's measurements are): "gather" without chunks
+        below ``streamed.AUTO_MIN_GLOBAL_ROWS`` global rows (here 2N), with ``hardest_negatives`` or a
+        non-scalar temperature; otherwise "ring" when ``axis_name`` is set, else tiles of up to 512 rows.
       chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (any impl; kept
         as given by "auto"); must divide the local anchor rows. ``hardest_negatives`` needs
         ``impl='gather'``, no chunks.
