@@ -101,9 +101,12 @@ class Method:
             raise ConfigError(f"loss {name!r} has no predictor: set model.predictor_hidden=() and "
                               "directpred.enabled=False")
         ema = config.ema
-        if self.needs.target and not 0.0 <= ema.momentum <= ema.momentum_end <= 1.0:
-            raise ConfigError(f"config.ema: EMA momentum must satisfy 0 <= momentum <= momentum_end <= 1, got "
-                              f"config.ema.momentum={ema.momentum}, config.ema.momentum_end={ema.momentum_end}")
+        if self.needs.target:
+            try:  # the schedule's own range check, at step 0
+                momentum.ema_momentum(0, 1, ema.momentum, ema.momentum_end)
+            except ValueError as e:
+                raise ConfigError(f"config.ema: {e} (config.ema.momentum={ema.momentum}, "
+                                  f"config.ema.momentum_end={ema.momentum_end})") from None
         if not self.needs.queue and config.queue_size:
             raise ConfigError(f"queue_size={config.queue_size} but loss {name!r} keeps no queue; set queue_size=0")
 

@@ -148,14 +148,13 @@ def _check_grad_cache_model(config, model) -> None:
                           "sub-batch; e.g. model.head_norm='batch' does)")
 
 
-def load_split(config, split: str, read=None):
-    """The source of `split` of `config.data` (`read(name, split, data_dir)`, by default the image
-    pipeline's), read into memory with `data.in_memory`; ConfigError naming the fields when it cannot be read."""
+def load_split(config, split: str):
+    """The source of `split` of `config.data`, read into memory with `data.in_memory`; ConfigError naming
+    the fields when it cannot be read."""
     d = config.data
     split_key = "train_split" if split == d.train_split else "test_split" if split == d.test_split else "split"
-    read = read or pipeline.data_source
     try:
-        source = read(d.name, split, str(pathlib.Path(d.data_dir).expanduser()))
+        source = pipeline.data_source(d.name, split, str(pathlib.Path(d.data_dir).expanduser()))
     except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; each means this data cannot be read
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"config.data.name={d.name!r}, config.data.{split_key}={split!r} cannot be read from "
