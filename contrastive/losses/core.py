@@ -1,11 +1,11 @@
-"""Shared similarity core of the softmax-family contrastive losses.
+"""The softmax engine: the terms, the per-row totals and the finalize step of every softmax-family loss.
 
-Every softmax-family loss in this package (NT-Xent, CLIP/ALIGN, DCL/DCLW, InfoLOOB, SupCon and their
-margin / debiasing / hardness variants) is one call of :func:`softmax_xent_rows` on a similarity matrix
-``s`` of the local anchors (rows) against the global candidates (columns), with
+Every softmax-family loss in this package (NT-Xent, CLIP/ALIGN, DCL/DCLW, InfoLOOB, SupCon, MoCo and
+their margin / debiasing / hardness variants) is this one computation on the similarities ``s`` of the
+local anchors (rows) against the global candidates (columns), with
 
 * a positive mask ``P(i)`` and a negative mask ``N(i)`` (self-pairs are in neither),
-* a logit scale ``c`` (``1 / temperature`` or CLIP's ``logit_scale``; a scalar or one value per pair),
+* a logit scale ``c`` (``1 / temperature`` or CLIP's ``logit_scale``; a scalar, one per row or per pair),
 * whether the positives enter the denominator (InfoNCE: yes; DCL / InfoLOOB: no),
 * :class:`Variants` that reshape the positive logit or the negative mass.
 
@@ -16,13 +16,17 @@ The per-anchor loss is (Khosla et al. 2020, L_out, which is InfoNCE for ``|P(i)|
     D_i   = sum_{p in P(i)} exp(l_ip) + M_i   (or just M_i when positives are left out)
     M_i   = sum_{k in N(i)} exp(l_ik)         (the negative mass; Variants change it)
 
-All of it is computed in float32 with masked log-sum-exp (never ``exp`` then ``log``), so logits of 1e4
-give finite values and gradients. Anchors without any positive contribute zero.
+Written once, in two steps: :func:`softmax_terms` turns a block of similarities into per-pair terms
+whose row totals are log-sum-exps or sums (``contrastive.parallel.tiled``), and :func:`finalize_rows`
+turns the row totals into ``L_i``. The dense path applies them to one whole block; the ring and tiled
+paths (``losses.streamed``) combine the totals of many tiles first. All of it is float32 with masked
+log-sum-exp (never ``exp`` then ``log``), so logits of 1e4 give finite values and gradients. Anchors
+without any positive contribute zero.
 
-Distributed layout: the rows are this device's anchors, the columns are the gathered global batch
-(``jax.lax.all_gather(..., tiled=True)``, never stop-gradient'ed: its transpose sums the key gradients
-back to their owners); positives are found with global indices ``axis_index * b_local + i``, and the
-reduction is ``psum(local sum) / global count`` so every device returns the global-batch loss.
+Distributed layout: the rows are this device's anchors, the columns the global batch (gathered with
+``jax.lax.all_gather(..., tiled=True)``, never stop-gradient'ed: its transpose sums the key gradients
+back to their owners, or passed around a ring); the reduction is ``psum(local sum) / global count`` so
+every device returns the global-batch loss.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from contrastive.parallel.tiled import LSE, MAX, SUM, reduce_terms
 
 Array = jax.Array
 
@@ -175,38 +181,65 @@ def _log_debiased_mass(log_mass, log_pos_mass, log_floor, prior):
     return jnp.maximum(jnp.where(ok, log_diff, -jnp.inf), log_floor)
 
 
-def negative_log_mass(logits, sim, negative_mask, log_mean_pos, scale, variants, min_similarity):
-    """``log M_i``: the (re-weighted, debiased, top-k) negative mass of each anchor row."""
+# ----------------------------------------------------------------------------------------- the engine
+def softmax_terms(sim, scale, positive_mask, negative_mask, *, variants: Variants = PLAIN, min_similarity=-1.0):
+    """The row terms of :func:`softmax_xent_rows` on a block (``contrastive.parallel.tiled`` format).
+
+    ``scale`` broadcasts against ``sim`` (a scalar, [rows, 1], [1, cols] or [rows, cols]). Each term is a
+    log-sum-exp or a sum over the row, so any block of columns gives partial totals that combine
+    exactly; only ``hardest_negatives`` (a top-k of the row) needs the block to hold whole rows.
+    """
+    logits = sim * scale
+    pos_logits = margin_similarity(sim, variants) * scale
     weighted = logits
     if variants.hardness_weight:
-        weighted = weighted + variants.hardness_weight * jax.lax.stop_gradient(sim)
-    floor_logits = jnp.broadcast_to(min_similarity * scale, logits.shape)
-    mask = negative_mask
+        weighted = logits + variants.hardness_weight * jax.lax.stop_gradient(sim)
+    neg = negative_mask
     if variants.hardest_negatives is not None:
-        k = min(variants.hardest_negatives, logits.shape[-1])
         # top_k's gradient flows only to the selected (hardest) negatives, as in the hard loss.
-        _, idx = jax.lax.top_k(jnp.where(mask, jax.lax.stop_gradient(weighted), -jnp.inf), k)
-        pick = lambda a: jnp.take_along_axis(a, idx, axis=-1)
-        weighted, logits, floor_logits, mask = map(pick, (weighted, logits, floor_logits, mask))
-    log_count = jnp.log(jnp.maximum(jnp.sum(mask, axis=-1), 1).astype(jnp.float32))
+        k = min(variants.hardest_negatives, sim.shape[-1])
+        _, idx = jax.lax.top_k(jnp.where(neg, jax.lax.stop_gradient(weighted), -jnp.inf), k)
+        neg = neg & jnp.zeros(sim.shape, bool).at[jnp.arange(sim.shape[0])[:, None], idx].set(True)
+    ones = jnp.ones_like(sim)
+    lse = {"pos": (pos_logits, positive_mask), "neg": (weighted, neg)}
     if variants.hardness_concentration:
         beta = variants.hardness_concentration
-        log_mass = (
-            log_count
-            + jax.nn.logsumexp(weighted + beta * logits, axis=-1, where=mask)
-            - jax.nn.logsumexp(beta * logits, axis=-1, where=mask)
-        )
-    else:
-        log_mass = jax.nn.logsumexp(weighted, axis=-1, where=mask)
+        lse |= {"concentrated": (weighted + beta * logits, neg), "beta": (beta * logits, neg)}
+    if variants.false_negative_prior:
+        lse["floor"] = (jnp.broadcast_to(min_similarity * scale, sim.shape), neg)
+    sums = {"pos_logit": (pos_logits, positive_mask), "num_pos": (ones, positive_mask), "num_neg": (ones, neg)}
+    return {LSE: lse, SUM: sums}
+
+
+def finalize_rows(totals, positive_weight=None, *, positives_in_denominator: bool = True, variants=PLAIN):
+    """Per-anchor ``L_i`` and ``log D_i`` (module docstring) from the row totals of :func:`softmax_terms`.
+
+    Returns ``{"loss": L_i, "log_denominator": log D_i}``, float32 [rows]; both are 0 for anchors without
+    a positive. ``positive_weight`` [rows] scales the positive term (DCLW), or None.
+    """
+    lse, sums = totals[LSE], totals[SUM]
+    has_pos = sums["num_pos"] > 0
+    safe_num_pos = jnp.maximum(sums["num_pos"], 1.0)
+    mean_pos_logit = sums["pos_logit"] / safe_num_pos
+    log_pos_mass = lse["pos"]
+    log_mean_pos = jnp.where(has_pos, log_pos_mass, 0.0) - jnp.log(safe_num_pos)
+    log_count = jnp.log(jnp.maximum(sums["num_neg"], 1.0))
+    log_mass = lse["neg"]
+    if variants.hardness_concentration:
+        log_mass = log_count + lse["concentrated"] - lse["beta"]
     if variants.false_negative_prior:
         prior = variants.false_negative_prior
-        log_pos_mass = math.log(prior) + log_count + log_mean_pos
-        log_floor = jax.nn.logsumexp(floor_logits, axis=-1, where=mask)
-        log_mass = _log_debiased_mass(log_mass, log_pos_mass, log_floor, prior)
-    return log_mass
+        log_prior_mass = math.log(prior) + log_count + log_mean_pos
+        log_mass = _log_debiased_mass(log_mass, log_prior_mass, lse["floor"], prior)
+    log_denominator = jnp.logaddexp(log_pos_mass, log_mass) if positives_in_denominator else log_mass
+    if positive_weight is not None:
+        mean_pos_logit = positive_weight * mean_pos_logit
+    return {
+        "loss": jnp.where(has_pos, log_denominator - mean_pos_logit, 0.0),
+        "log_denominator": jnp.where(has_pos, log_denominator, 0.0),
+    }
 
 
-# ----------------------------------------------------------------------------------------- the core
 def softmax_xent_rows(
     sim: Array,
     positive_mask: Array,
@@ -218,13 +251,16 @@ def softmax_xent_rows(
     min_similarity: float = -1.0,
     positive_weight: Array | None = None,
 ) -> Array:
-    """Per-anchor softmax cross-entropy ``L_i`` (see the module docstring) of a similarity block.
+    """Per-anchor softmax cross-entropy ``L_i`` (see the module docstring) of a dense similarity block.
+
+    :func:`softmax_terms` on the whole block, reduced per row, then :func:`finalize_rows`: the same code
+    the losses stream over tiles. For blocks given as masks (e.g. ``moco``'s queue).
 
     Args:
       sim: [rows, cols] similarities (cosine or dot products) of local anchors to global candidates.
       positive_mask, negative_mask: boolean [rows, cols]; disjoint, self-pairs in neither.
       scale: logit scale ``c`` (1 / temperature), a scalar or an array broadcastable to ``sim``
-        (per-pair temperatures).
+        (per-row or per-pair temperatures).
       positives_in_denominator: False for the leave-positive-out losses (DCL, InfoLOOB).
       variants: margin / debiasing / hardness options.
       min_similarity: smallest possible similarity (-1 for cosine); sets the debiasing floor.
@@ -234,51 +270,40 @@ def softmax_xent_rows(
     Returns:
       float32 [rows] per-anchor losses; zero for anchors without a positive.
     """
-    sim = sim.astype(jnp.float32)
-    scale = jnp.asarray(scale, jnp.float32)
-    logits = sim * scale
-    pos_logits = margin_similarity(sim, variants) * scale
-    num_pos = jnp.sum(positive_mask, axis=-1)
-    has_pos = num_pos > 0
-    safe_num_pos = jnp.maximum(num_pos, 1).astype(jnp.float32)
-    mean_pos_logit = jnp.sum(jnp.where(positive_mask, pos_logits, 0.0), axis=-1) / safe_num_pos
-    log_pos_mass = jax.nn.logsumexp(pos_logits, axis=-1, where=positive_mask)
-    log_mean_pos = jnp.where(has_pos, log_pos_mass, 0.0) - jnp.log(safe_num_pos)
-    log_denominator = negative_log_mass(
-        logits, sim, negative_mask, log_mean_pos, scale, variants, min_similarity
+    terms = softmax_terms(
+        sim.astype(jnp.float32), jnp.asarray(scale, jnp.float32), positive_mask, negative_mask,
+        variants=variants, min_similarity=min_similarity,
     )
-    if positives_in_denominator:
-        log_denominator = jnp.logaddexp(log_pos_mass, log_denominator)
-    if positive_weight is not None:
-        mean_pos_logit = positive_weight * mean_pos_logit
-    return jnp.where(has_pos, log_denominator - mean_pos_logit, 0.0)
+    totals = reduce_terms(terms)
+    return finalize_rows(totals, positive_weight, positives_in_denominator=positives_in_denominator, variants=variants)[
+        "loss"
+    ]
 
 
 # ----------------------------------------------------------------------------------------- metrics
-def pair_metrics(
-    sim: Array, positive_mask: Array, candidate_mask: Array, axis_name: str | None
-) -> dict[str, Array]:
+def pair_metric_terms(sim, positive_mask, negative_mask):
+    """Metric terms of one block: the sums and maxima behind :func:`pair_metrics`."""
+    sim, ones = jax.lax.stop_gradient(sim), jnp.ones_like(sim)
+    pos, neg = positive_mask, negative_mask
+    return {
+        SUM: {"pos": (sim, pos), "num_pos": (ones, pos), "neg": (sim, neg), "num_neg": (ones, neg)},
+        MAX: {"best_pos": (sim, pos), "best_neg": (sim, neg)},
+    }
+
+
+def pair_metrics(metric_totals, axis_name: str | None) -> dict[str, Array]:
     """Global mean positive / negative similarity and in-batch top-1 retrieval accuracy.
 
-    ``top1_acc`` is the fraction of anchors (with at least one positive) whose highest-similarity
-    candidate (any non-self pair) is a positive. Sums are psum'd, so every device reports the global
-    values.
+    From the row totals of :func:`pair_metric_terms`: ``top1_acc`` is the fraction of anchors (with at
+    least one positive) whose best positive beats their best negative. Sums are psum'd, so every device
+    reports the global values.
     """
-    sim = jax.lax.stop_gradient(sim.astype(jnp.float32))
-    negative_mask = candidate_mask & ~positive_mask
-    best = jnp.argmax(jnp.where(candidate_mask, sim, -jnp.inf), axis=-1)
-    hit = jnp.take_along_axis(positive_mask, best[:, None], axis=-1)[:, 0]
-    has_pos = jnp.any(positive_mask, axis=-1)
-    sums = {
-        "pos": jnp.sum(jnp.where(positive_mask, sim, 0.0)),
-        "num_pos": jnp.sum(positive_mask, dtype=jnp.float32),
-        "neg": jnp.sum(jnp.where(negative_mask, sim, 0.0)),
-        "num_neg": jnp.sum(negative_mask, dtype=jnp.float32),
-        "hits": jnp.sum(hit & has_pos, dtype=jnp.float32),
-        "anchors": jnp.sum(has_pos, dtype=jnp.float32),
-    }
-    sums = global_sum(sums, axis_name)
-    ratio = lambda a, b: sums[a] / jnp.maximum(sums[b], 1.0)
+    sums, best = metric_totals[SUM], metric_totals[MAX]
+    has_pos = sums["num_pos"] > 0
+    hits = jnp.sum(has_pos & (best["best_pos"] > best["best_neg"]), dtype=jnp.float32)
+    totals = {name: jnp.sum(v) for name, v in sums.items()}
+    totals = global_sum(totals | {"hits": hits, "anchors": jnp.sum(has_pos, dtype=jnp.float32)}, axis_name)
+    ratio = lambda a, b: totals[a] / jnp.maximum(totals[b], 1.0)
     return {
         "pos_sim": ratio("pos", "num_pos"),
         "neg_sim": ratio("neg", "num_neg"),

@@ -27,7 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from contrastive.parallel.tiled import combine_totals, tiled_grads, tiled_totals
+from contrastive.parallel.tiled import add_trees, combine_totals, tiled_grads, tiled_totals
 
 Array = jax.Array
 
@@ -111,10 +111,11 @@ def _forward(block_fn, finalize_fn, axis_name, chunk_size, queries, query_meta, 
 def _backward(block_fn, finalize_fn, axis_name, chunk_size, residuals, cotangents):
     queries, query_meta, keys, key_meta, params, aux, rows, cols = residuals
     _, finalize_vjp = jax.vjp(finalize_fn, rows, aux)
-    row_ct, aux_ct = finalize_vjp(cotangents[0].astype(jnp.float32))  # metrics are not differentiated
+    as_f32 = lambda tree: jax.tree.map(lambda g: g.astype(jnp.float32), tree)
+    row_ct, aux_ct = finalize_vjp(as_f32(cotangents[0]))  # metrics are not differentiated
     col_ct = cols
     if jax.tree.leaves(cols):
-        col_ct = jax.vjp(lambda c: finalize_fn(c, None), cols)[1](cotangents[1].astype(jnp.float32))[0]
+        col_ct = jax.vjp(lambda c: finalize_fn(c, None), cols)[1](as_f32(cotangents[1]))[0]
     num_dev = _num_devices(axis_name)
     shift = ring_shift(axis_name, num_dev)
 
@@ -130,21 +131,14 @@ def _backward(block_fn, finalize_fn, axis_name, chunk_size, residuals, cotangent
         block, d_block, d_q, d_p = carry
         block, d_block = shift((block, d_block))
         g_q, g_k, g_p = grads_of(block)
-        return block, d_block + g_k, d_q + g_q, jax.tree.map(jnp.add, d_p, g_p)
+        return block, add_trees(d_block, g_k), add_trees(d_q, g_q), add_trees(d_p, g_p)
 
     if num_dev > 1:
         carry = (as_varying(block, axis_name), d_keys, d_queries, d_params)
         _, d_keys, d_queries, d_params = jax.lax.fori_loop(1, num_dev, visit, carry)
         d_keys = shift(d_keys)
-    cast = lambda g, x: g.astype(jnp.result_type(x))
-    return (
-        cast(d_queries, queries),
-        None,
-        cast(d_keys, keys),
-        None,
-        jax.tree.map(cast, d_params, params),
-        aux_ct,
-    )
+    cast = lambda g, x: jax.tree.map(lambda g, x: g.astype(jnp.result_type(x)), g, x)
+    return cast(d_queries, queries), None, cast(d_keys, keys), None, cast(d_params, params), aux_ct
 
 
 ring_row_losses.defvjp(_forward, _backward)

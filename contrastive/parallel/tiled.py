@@ -36,9 +36,10 @@ LSE, SUM, MAX = "lse", "sum", "max"
 
 
 # ----------------------------------------------------------------------------------------- vma helpers
-def match_varying(tree, like: Array):
-    """Cast ``tree`` to vary over the same shard_map axes as ``like`` (scan carries must agree)."""
-    axes = tuple(jax.typeof(like).manual_axis_type.varying)
+def match_varying(tree, like):
+    """Cast ``tree`` to vary over the same shard_map axes as ``like`` (an array or a tree of them; scan
+    carries must agree)."""
+    axes = tuple(jax.typeof(jax.tree.leaves(like)[0]).manual_axis_type.varying)
 
     def cast(x):
         missing = tuple(a for a in axes if a not in jax.typeof(x).manual_axis_type.varying)
@@ -96,6 +97,15 @@ def reduce_block(block_fn, *args):
 
 
 # ----------------------------------------------------------------------------------------- tiling
+def num_rows(tree) -> int:
+    """Rows of a tree of row-aligned arrays (embeddings [r, d] and e.g. per-row scales [r])."""
+    return jax.tree.leaves(tree)[0].shape[0]
+
+
+def add_trees(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
 def _tiles(tree, size: int):
     return jax.tree.map(lambda x: x.reshape((x.shape[0] // size, size) + x.shape[1:]), tree)
 
@@ -121,8 +131,8 @@ def tiled_totals(block_fn, queries, query_meta, keys, key_meta, params, chunk_si
     Column totals (the key-to-query direction of a symmetric loss) come from the same tiles, so a
     symmetric loss needs one similarity matmul per tile, not two (Inf-CL, Sec. 3.1).
     """
-    row_tiles = _tiles((queries, query_meta), chunk_size or queries.shape[0])
-    col_tiles = _tiles((keys, key_meta), chunk_size or keys.shape[0])
+    row_tiles = _tiles((queries, query_meta), chunk_size or num_rows(queries))
+    col_tiles = _tiles((keys, key_meta), chunk_size or num_rows(keys))
     first = lambda tree: jax.tree.map(lambda x: x[0], tree)
     structure = jax.eval_shape(lambda: reduce_block(block_fn, *first(row_tiles), *first(col_tiles), params))
     row_init, col_init, metric_init = match_varying(empty_totals_tree(structure), queries)
@@ -147,8 +157,8 @@ def tiled_grads(block_fn, queries, query_meta, keys, key_meta, params, totals, c
     ``totals`` and ``cotangents`` are pairs (rows, columns) of loss totals and their cotangents.
     """
     (row_totals, col_totals), (row_ct, col_ct) = totals, cotangents
-    row_tiles = _tiles((queries, query_meta, row_totals, row_ct), chunk_size or queries.shape[0])
-    col_tiles = _tiles((keys, key_meta, col_totals, col_ct), chunk_size or keys.shape[0])
+    row_tiles = _tiles((queries, query_meta, row_totals, row_ct), chunk_size or num_rows(queries))
+    col_tiles = _tiles((keys, key_meta, col_totals, col_ct), chunk_size or num_rows(keys))
 
     def tile_surrogate(q, k, p, q_meta, k_meta, row, col):
         row_terms, col_terms, _ = block_fn(q, q_meta, k, k_meta, p)
@@ -165,10 +175,10 @@ def tiled_grads(block_fn, queries, query_meta, keys, key_meta, params, totals, c
             d_q, d_p = inner
             k, k_meta, *col_stats = col
             g_q, g_k, g_p = tile_grad(q, k, params, q_meta, k_meta, row_stats, col_stats)
-            return (d_q + g_q, jax.tree.map(jnp.add, d_p, g_p)), g_k
+            return (add_trees(d_q, g_q), add_trees(d_p, g_p)), g_k
 
         (d_q, d_params), g_keys = jax.lax.scan(step, (zeros(q), d_params), col_tiles)
-        return (d_keys + g_keys, d_params), d_q
+        return (add_trees(d_keys, g_keys), d_params), d_q
 
     init = (zeros(col_tiles[0]), zeros(params))
     (d_keys, d_params), d_queries = jax.lax.scan(one_row_tile, init, row_tiles)
