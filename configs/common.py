@@ -83,11 +83,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache_dir = "~/.cache/contrastive/jax"
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.at_end = True  # linear probe + kNN of learned, random-init and raw-pixel features
-    c.eval.knn_k = 200  # capped by the train-set size
-    c.eval.knn_temperature = 0.07
-    c.eval.batch_size = 512
-    c.eval.every_steps = 0  # also evaluate every N steps into <workdir>/eval_history.jsonl (0: only at the end)
+    c.eval.at_end = True  # run the evals entries at the end into <workdir>/eval.json (False: none)
+    c.eval.batch_size = 512  # rows per call when encoding the splits
+    # What is measured, in order (contrastive.train.evaluators): each entry's every_steps > 0 also runs it
+    # every N steps into <workdir>/eval_history.jsonl; at_end=False leaves it out of eval.json.
+    c.evals = evals_config("probes", "view_geometry")
     return c
 
 
@@ -127,5 +127,14 @@ def image_text_config(loss_name: str) -> ml_collections.ConfigDict:
     c.model.lit.lock_image = False  # LiT: locked image encoder (no gradient, no update, no decay)
     c.model.lit.init_from = ""  # workdir of an image-only run whose encoder initialises the image tower
 
-    c.eval.zero_shot_templates = CAPTION_TEMPLATES
+    c.evals = evals_config("zero_shot", "retrieval", "probes")
+    c.evals.zero_shot.templates = CAPTION_TEMPLATES
+    c.evals.probes.representations = ("learned",)  # the image tower's features
     return c
+
+
+def evals_config(*names: str) -> ml_collections.ConfigDict:
+    """`config.evals` with the named evaluators, each with all its options at their defaults."""
+    from contrastive.train import evaluators
+
+    return ml_collections.ConfigDict({name: evaluators.default_options(name) for name in names})

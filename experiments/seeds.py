@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from contrastive.train import config as config_lib  # noqa: E402
-from contrastive.train.final_eval import REPRESENTATIONS  # noqa: E402
+from contrastive.train.evaluators import REPRESENTATIONS  # noqa: E402
 from contrastive.train.runner import train_and_evaluate  # noqa: E402
 from experiments.readme_block import update_readme_block  # noqa: E402
 

@@ -19,10 +19,10 @@ from contrastive.data import image_text, pipeline
 from contrastive.data.tokenizer import WordTokenizer
 from contrastive.eval.zero_shot import CLASS_SLOT
 from contrastive.models.dual import build_dual_encoder
-from contrastive.train import final_eval
+from contrastive.train import evaluators
 from contrastive.train.config import ConfigError
 from contrastive.train.objectives import IMAGE_TEXT_LOSSES
-from contrastive.train.step import init_state, make_image_text_step
+from contrastive.train.step import init_state, make_encode_fn, make_image_text_step
 
 
 def check(config, augment) -> None:
@@ -34,12 +34,6 @@ def check(config, augment) -> None:
     if augment.num_views != 1:
         raise ConfigError(f"image-text losses pair one view of each image with a caption: augment.num_views must "
                           f"be 1, got {augment.num_views}")
-    templates = tuple(config.eval.zero_shot_templates)
-    no_slot = [t for t in templates if CLASS_SLOT not in t]
-    if not templates or no_slot:
-        raise ConfigError(f"config.eval.zero_shot_templates must each contain the class slot {CLASS_SLOT!r}; "
-                          f"these do not: {no_slot[:3]!r}" if no_slot else
-                          "config.eval.zero_shot_templates is empty")
     t = config.model.text
     if t.max_len < 2 or t.max_captions < 1 or t.max_vocab < 4:
         raise ConfigError(f"model.text needs max_len >= 2, max_captions >= 1 and max_vocab >= 4; got {t.max_len}, "
@@ -52,8 +46,10 @@ def check(config, augment) -> None:
 
 
 def zero_shot_prompts(config) -> list[str]:
+    """The prompts of the `zero_shot` evaluator (they join the tokenizer's vocabulary)."""
     names = image_text.CLASSNAMES.get(config.data.name, ())
-    return [t.replace(CLASS_SLOT, n) for n in names for t in config.eval.zero_shot_templates]
+    templates = config.evals.zero_shot.templates if "zero_shot" in config.evals else ()
+    return [t.replace(CLASS_SLOT, n) for n in names for t in templates]
 
 
 def load_split(config, split: str, tokenizer: WordTokenizer | None):
@@ -117,10 +113,24 @@ def build(config, setup, built_cls):
     step = make_image_text_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
                                 max_pixel_value=pixel_max)
 
-    def evaluate(state):
-        _, test_source = load_split(config, config.data.test_split, tokenizer)
-        return final_eval.evaluate_image_text(config, graphdef, state, train_source, test_source, tokenizer,
-                                              image_text.CLASSNAMES.get(config.data.name), pixel_max)
+    encode, embed = make_encode_fn(graphdef), evaluators.make_dual_embed(graphdef)
+    arrays = {}
+
+    def split_arrays(split):
+        if split not in arrays:
+            source = train_source if split == config.data.train_split else \
+                load_split(config, config.data.test_split, tokenizer)[1]
+            arrays[split] = source.arrays if isinstance(source, pipeline.InMemorySource) else \
+                pipeline.read_all(source, image_text.KEYS)
+        return arrays[split]
+
+    def eval_context(state):
+        return evaluators.EvalContext(
+            config=config, graphdef=graphdef, state=state, family="image_text", pixel_max=pixel_max,
+            train=split_arrays(config.data.train_split), load_test=lambda: split_arrays(config.data.test_split),
+            build_model=lambda: build_dual_encoder(config.model, image_shape, tokenizer.vocab_size, seed=config.seed,
+                                                   with_bias=IMAGE_TEXT_LOSSES[config.loss.name]),
+            encode=encode, embed=embed, tokenizer=tokenizer, classnames=image_text.CLASSNAMES.get(config.data.name))
 
     return built_cls(train_source=train_source, keys=("image", "tokens", "num_captions"), graphdef=graphdef,
-                     state=state, train_step=step, evaluate=evaluate, format_table=final_eval.format_image_text_table)
+                     state=state, train_step=step, eval_context=eval_context)

@@ -29,13 +29,13 @@ from contrastive.models.dual import lock_image_tower
 from contrastive.models.encoders import build_model, mixing_modules
 from contrastive.models.encoders import check as check_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
-from contrastive.train import final_eval, image_text
+from contrastive.train import evaluators, image_text
 from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config
 from contrastive.train.config import ConfigError, flatten
 from contrastive.train.metrics_writer import MetricsWriter
 from contrastive.train.objectives import DEFAULT_NONFINITE_HINT, loss_family, make_image_text_objective, view_method
 from contrastive.train.optim import build_optimizer, learning_rate_schedule
-from contrastive.train.step import init_state, make_train_step
+from contrastive.train.step import init_state, make_encode_fn, make_train_step
 from contrastive.train.stop import StopRequest
 
 
@@ -57,6 +57,7 @@ class Setup:
     tx: object
     family: str = "views"  # views | image_text, from loss.name
     method: Method | None = None  # views: what the loss needs besides the projections
+    evals: list = dataclasses.field(default_factory=list)  # (Evaluator, options) of config.evals, in order
 
 
 @dataclasses.dataclass
@@ -68,15 +69,13 @@ class Built:
     graphdef: object
     state: object
     train_step: object
-    evaluate: object  # state -> results dict (eval.json)
-    format_table: object  # results -> printable table
+    eval_context: object  # state -> evaluators.EvalContext
 
 
 RULES = {"seed": checks.NON_NEGATIVE, "num_steps": checks.POSITIVE, "log_every": checks.POSITIVE,
          "grad_cache_chunks": checks.NON_NEGATIVE, "stop_grace_s": checks.POSITIVE}
 CHECKPOINT_RULES = {"every_steps": checks.POSITIVE, "keep": checks.POSITIVE}
-EVAL_RULES = {"knn_k": checks.POSITIVE, "knn_temperature": checks.POSITIVE, "batch_size": checks.POSITIVE,
-              "every_steps": checks.NON_NEGATIVE}
+EVAL_RULES = {"batch_size": checks.POSITIVE}
 
 
 def _check_ranges(config) -> None:
@@ -123,7 +122,8 @@ def check_config(config) -> Setup:
         method.check(config, mesh.devices.size)
         objective = method.bound_loss(config)
     _check_grad_cache(config, mesh, augment, method)
-    return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx, family=family, method=method)
+    return Setup(mesh=mesh, augment=augment, objective=objective, tx=tx, family=family, method=method,
+                 evals=evaluators.entries(config, family))
 
 
 def _check_grad_cache(config, mesh, augment, method: Method | None) -> None:
@@ -201,20 +201,21 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
     # (4) Train.
     try:
-        periodic = _PeriodicEval(config.eval.every_steps, built.evaluate, workdir / "eval_history.jsonl", start)
+        periodic = _PeriodicEval(setup.evals, built.eval_context, workdir / "eval_history.jsonl", start)
         hint = setup.method.nonfinite_hint if setup.method is not None else ""
         state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic, hint)
     finally:
         checkpointer.wait()
 
     # (5) Evaluate.
-    if not config.eval.at_end:
+    at_end = [(e, options) for e, options in setup.evals if options["at_end"]]
+    if not config.eval.at_end or not at_end:
         checkpointer.close()
         return {"step": int(state.step)}
-    results = built.evaluate(state)
+    results = evaluators.run_all(built.eval_context(state), at_end)
     results["step"] = int(state.step)
     (workdir / "eval.json").write_text(json.dumps(results, indent=2))
-    print(built.format_table(results))
+    print(evaluators.format_results(at_end, results))
     checkpointer.close()
     return results
 
@@ -248,27 +249,42 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
     train_step = make_train_step(graphdef, setup.tx, setup.method, ctx, setup.augment, max_pixel_value=pixel_max,
                                  grad_cache_chunks=config.grad_cache_chunks)
 
-    def evaluate(state):
-        return final_eval.evaluate(config, graphdef, state, train_source, test_source, pixel_max,
-                                   plot_path=workdir / "similarities.png")
+    encode = make_encode_fn(graphdef)
+    arrays = {}
+
+    def split_arrays(source):
+        if id(source) not in arrays:
+            arrays[id(source)] = source.arrays if isinstance(source, pipeline.InMemorySource) else \
+                pipeline.read_all(source)
+        return arrays[id(source)]
+
+    def eval_context(state):
+        return evaluators.EvalContext(
+            config=config, graphdef=graphdef, state=state, family="views", pixel_max=pixel_max,
+            train=split_arrays(train_source), load_test=lambda: split_arrays(test_source),
+            build_model=lambda: build_model(config.model, image_shape, seed=config.seed), encode=encode,
+            workdir=workdir)
 
     keys = ("image", "label", *(("index",) if setup.method.needs.index else ()))
     return Built(train_source=train_source, keys=keys, graphdef=graphdef, state=state,
-                 train_step=train_step, evaluate=evaluate, format_table=final_eval.format_table)
+                 train_step=train_step, eval_context=eval_context)
 
 
 class _PeriodicEval:
-    """The final evaluation every `every_steps` steps (0: never), one JSON line each in eval_history.jsonl."""
+    """Each `config.evals` entry every its `every_steps` steps (0: never), one JSON line per step at which
+    any is due in eval_history.jsonl."""
 
-    def __init__(self, every_steps: int, evaluate, path: pathlib.Path, start_step: int):
-        self.every_steps, self.evaluate, self.path = every_steps, evaluate, path
+    def __init__(self, evals, eval_context, path: pathlib.Path, start_step: int):
+        self.evals = [(e, options) for e, options in evals if options["every_steps"]]
+        self.eval_context, self.path = eval_context, path
         # Evaluations after `start_step` belong to steps this run recomputes: drop them, as in metrics.jsonl.
-        self.writer = MetricsWriter(path, start_step + 1) if every_steps else None
+        self.writer = MetricsWriter(path, start_step + 1) if self.evals else None
 
     def __call__(self, done: int, num_steps: int, state) -> None:
-        if not self.every_steps or done % self.every_steps or done == num_steps:  # the end has its own eval
+        due = [(e, options) for e, options in self.evals if done % options["every_steps"] == 0]
+        if not due or done == num_steps:  # the end has its own eval
             return
-        results = {"step": done, **self.evaluate(state)}
+        results = {"step": done, **evaluators.run_all(self.eval_context(state), due)}
         self.writer.write(results)
         tqdm.write(f"eval at step {done}: written to {self.path}", file=sys.stderr)
 

@@ -1,7 +1,8 @@
-"""A method defined and registered in this file alone trains and evaluates through the runner.
+"""A method and an evaluator defined and registered in this file alone train and evaluate through the runner.
 
-This is the extension point the README's "Adding a method" section describes: a loss, a `Method` with its
-`forward`, one `register` call, and a config naming it; no edit anywhere else.
+These are the extension points the README's "Adding a method, a loss, an encoder, a dataset, an evaluator"
+section describes: a loss, a `Method` with its `forward`, one `register` call, and a config naming it; an
+`Evaluator` with its `run`, one `register_evaluator` call, and a `config.evals` entry; no edit anywhere else.
 """
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from contrastive import methods
+from contrastive.train import evaluators
 from contrastive.losses.core import gather_rows, global_sum, l2_normalize, num_devices, row_offset
 from contrastive.train.config import ConfigError
 from contrastive.train.metrics_writer import read_metrics
@@ -72,3 +74,52 @@ def test_its_config_is_checked_like_a_built_in_one(registered, tiny_config, tmp_
     with pytest.raises(ConfigError, match=message):
         train_and_evaluate(config, tmp_path)
     assert not tmp_path.joinpath("config.json").exists()
+
+
+def feature_norms(ctx, options):
+    """A toy evaluator: the mean l2 norm of the learned test features, and its `scale` times."""
+    norm = float(np.linalg.norm(ctx.features("learned", "test"), axis=1).mean())
+    return {"feature_norm": {"mean": norm, "scaled": options["scale"] * norm}}
+
+
+@pytest.fixture
+def toy_evaluator():
+    evaluator = evaluators.register_evaluator(evaluators.Evaluator(
+        "toy_feature_norm", feature_norms, options={"scale": 2.0},
+        format=lambda results: [f"mean feature norm {results['feature_norm']['mean']:.3f}"]))
+    yield evaluator
+    del evaluators.EVALUATORS[evaluator.name]
+
+
+@pytest.mark.slow
+def test_an_evaluator_registered_here_runs_at_the_end_and_every_n_steps(toy_evaluator, tiny_config, tmp_path,
+                                                                      capsys):
+    import json
+
+    config = tiny_config(num_steps=6, **{"eval.at_end": True})
+    config.evals = ml_collections.ConfigDict({"toy_feature_norm": {**evaluators.default_options("toy_feature_norm"),
+                                                                   "every_steps": 2, "scale": 3.0}})
+    result = train_and_evaluate(config, tmp_path)
+    assert set(result) == {"feature_norm", "step"} and result["step"] == 6
+    assert result["feature_norm"]["mean"] > 0
+    np.testing.assert_allclose(result["feature_norm"]["scaled"], 3.0 * result["feature_norm"]["mean"])
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
+    history = [json.loads(line) for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 4]  # the end has its own evaluation
+    assert history[0]["feature_norm"]["mean"] != history[1]["feature_norm"]["mean"]  # it sees the trained state
+    assert f"mean feature norm {result['feature_norm']['mean']:.3f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"no_such_eval": {}}, r"config.evals.no_such_eval: no evaluator of that name; registered: .*probes"),
+    ({"toy_feature_norm": {"scael": 1.0}}, r"config.evals.toy_feature_norm.scael is not an option of evaluator "
+                                           r"'toy_feature_norm'; valid: at_end, every_steps, scale"),
+    ({"retrieval": {}}, r"config.evals.retrieval evaluates image_text runs, not this views run"),
+    ({"probes": {"every_steps": -1}}, r"evals.probes.every_steps must be >= 0, got -1"),
+])
+def test_an_evals_entry_is_checked_before_the_workdir(toy_evaluator, tiny_config, tmp_path, entry, message):
+    config = tiny_config(num_steps=4)
+    config.evals = ml_collections.ConfigDict(entry)
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

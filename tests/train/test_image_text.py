@@ -76,8 +76,8 @@ def _leaves(tree):
                                        r"view-based loss; use one of clip, siglip, infoloob"),
     ("clip", {"data.name": "digits"}, r"data.name='digits' is not an image-text dataset; choose one of "
                                       r"digits_captions"),
-    ("siglip", {"eval.zero_shot_templates": ("a photo of {}", "a digit")},
-     r"zero_shot_templates must each contain the class slot '\{\}'; these do not: \['a digit'\]"),
+    ("siglip", {"evals.zero_shot.templates": ("a photo of {}", "a digit")},
+     r"zero_shot.templates must each contain the class slot '\{\}'; these do not: \['a digit'\]"),
     ("clip", {"augment.num_views": 2}, r"augment.num_views must be 1, got 2"),
     ("clip", {"loss.name": "supcon_typo"}, r"loss.name='supcon_typo' is not one of .*clip, siglip, infoloob"),
     ("clip", {"model.lit.init_from": "/nonexistent/run"}, r"has no checkpoints/ folder"),
@@ -121,7 +121,7 @@ def test_a_standard_tfds_image_text_set_trains_through_the_runner(tiny_image_tex
     config = tiny_image_text("clip", num_steps=3, batch_size=8, **{
         "data.name": "ref_coco", "data.train_split": "train", "data.test_split": "validation",
         "data.image_size": (8, 8), "model.text.max_captions": 4, "eval.at_end": True, "eval.batch_size": 8,
-        "eval.every_steps": 2})
+        **{f"evals.{name}.every_steps": 2 for name in ("zero_shot", "retrieval", "probes")}})
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
         result = train_and_evaluate(config, tmp_path)
     assert np.all(np.isfinite(losses(tmp_path))) and len(losses(tmp_path)) == 3

@@ -67,10 +67,15 @@ BAD = {
     "compilation_cache_dir": (DEFAULT, ["/dev/null/cache"]),
     "stop_grace_s": (DEFAULT, ["0.0", "-1.0", "'x'"]),
     "eval.at_end": (DEFAULT, ["'yes'", "1"]),
-    "eval.knn_k": (DEFAULT, ["0", "'x'"]),
-    "eval.knn_temperature": (DEFAULT, ["0.0", "-0.07", "'x'"]),
     "eval.batch_size": (DEFAULT, ["0", "'x'"]),
-    "eval.every_steps": (DEFAULT, ["-1", "'x'"]),
+    "evals.probes.every_steps": (DEFAULT, ["-1", "'x'"]),
+    "evals.probes.at_end": (DEFAULT, ["'yes'", "1"]),
+    "evals.probes.representations": (DEFAULT, ["()", "('learned', 'pixels')", "3"]),
+    "evals.probes.knn_k": (DEFAULT, ["0", "'x'"]),
+    "evals.probes.knn_temperature": (DEFAULT, ["0.0", "-0.07", "'x'"]),
+    "evals.view_geometry.every_steps": (DEFAULT, ["-2", "'x'"]),
+    "evals.view_geometry.at_end": (DEFAULT, ["'yes'", "1"]),
+    "evals.view_geometry.plot": (DEFAULT, ["'yes'", "1"]),
 }
 
 # Small and short, so that a value that slipped through would train in seconds (and fail the test).

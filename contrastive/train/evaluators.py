@@ -1,0 +1,372 @@
+"""Evaluators by name: what a run measures at its end and every N steps, one registry entry each.
+
+`config.evals` is an ordered mapping, entry name -> that evaluator's options; every entry has
+`every_steps` (also run every N steps into `eval_history.jsonl`; 0: only at the end) and `at_end`. The
+runner runs the entries in order and merges their results into one dict (`eval.json`); a new evaluator
+is one `register_evaluator(Evaluator(...))` and one config entry, from any file.
+
+Built in:
+
+* `probes`: the linear probe, kNN, ridge probe and class-mean classifier of frozen features, with the
+  uniformity and tolerance of the features (Wang & Isola 2020; Wang & Liu 2021), for each of the
+  `representations`: the learned encoder, the same encoder as initialised (same seed, no training) and
+  the raw pixels. Learning is worth something only where it beats both.
+* `view_geometry`: alignment of two augmented views of each test image (Wang & Isola 2020) and a
+  histogram of their positive and negative cosine similarities (views family).
+* `retrieval`: image->text and text->image Recall@1/5/10 over every test caption, and the class-level
+  text->image recall (image-text family).
+* `zero_shot`: CLIP's zero-shot accuracy with a prompt-template ensemble (Radford et al. 2021; image-text).
+
+An evaluator reads an `EvalContext`: the config, the model, the train state and the data, with the
+features of each representation computed once per evaluation and shared by the evaluators that use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from contrastive import checks
+from contrastive import eval as evaluation
+from contrastive.data.augment import AugmentConfig, augment_views
+from contrastive.eval.zero_shot import CLASS_SLOT
+from contrastive.train.config import ConfigError
+from contrastive.train.step import images_to_float, init_state
+
+REPRESENTATIONS = ("learned", "random_init", "raw_pixels")
+RECALL_KS = (1, 5, 10)
+COMMON_OPTIONS = {"every_steps": 0, "at_end": True}
+COMMON_RULES = {"every_steps": checks.NON_NEGATIVE}
+
+
+def batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """fn over rows of x, `batch_size` rows per call (the last call padded: one compilation)."""
+    out = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
+        out.append(np.asarray(jax.device_get(fn(chunk)))[: batch_size - pad])
+    return np.concatenate(out)
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What an evaluator reads. `train` and `test` are the splits' arrays (`image`, `label`, ...; `test` is
+    read on first use); `features(representation, split)` are cached for the evaluation's duration.
+
+    `encode` is the jitted encoder (`make_encode_fn`), `build_model` rebuilds the model as initialised (for
+    `random_init`); `embed` (`make_dual_embed`), `tokenizer` and `classnames` are set for image-text runs.
+    """
+
+    config: object
+    graphdef: object
+    state: object
+    family: str  # views | image_text
+    pixel_max: float
+    train: dict
+    load_test: Callable[[], dict]
+    build_model: Callable[[], object]
+    encode: Callable
+    workdir: pathlib.Path | None = None
+    embed: Callable | None = None
+    tokenizer: object = None
+    classnames: tuple | None = None  # class names in label order, when the labels are classes
+    _features: dict = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def test(self) -> dict:
+        return self.load_test()
+
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        return batched(lambda c: self.embed(self.state.params, self.state.model_state,
+                                            images_to_float(c, self.pixel_max), None), images,
+                       self.config.eval.batch_size)
+
+    def embed_texts(self, tokens: np.ndarray) -> np.ndarray:
+        return batched(lambda c: self.embed(self.state.params, self.state.model_state, None, c), tokens,
+                       self.config.eval.batch_size)
+
+    def split(self, name: str) -> dict:
+        return self.train if name == "train" else self.test
+
+    def encode_images(self, params, model_state, images: np.ndarray, pixel_max: float | None = None) -> np.ndarray:
+        pixel_max = self.pixel_max if pixel_max is None else pixel_max
+        return batched(lambda c: self.encode(params, model_state, images_to_float(c, pixel_max)), images,
+                       self.config.eval.batch_size)
+
+    def features(self, representation: str, split: str) -> np.ndarray:
+        """[N, D] float32 features of `split`'s images: the encoder's output (learned or at init) or the
+        flattened pixels in [0, 1]."""
+        key = (representation, split)
+        if key not in self._features:
+            images = self.split(split)["image"]
+            if representation == "learned":
+                feats = self.encode_images(self.state.params, self.state.model_state, images)
+            elif representation == "random_init":
+                feats = self.encode_images(self._initial.params, self._initial.model_state, images)
+            elif representation == "raw_pixels":
+                feats = images_to_float(images, self.pixel_max).reshape(len(images), -1)
+            else:
+                raise ValueError(f"representation {representation!r} is not one of {REPRESENTATIONS}")
+            self._features[key] = np.asarray(feats, np.float32)
+        return self._features[key]
+
+    @functools.cached_property
+    def _initial(self):
+        return init_state(self.build_model(), optax.identity(), self.config.seed)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """`run(ctx, options) -> results` (merged into eval.json); `format(results) -> lines` for the printed
+    table. `options` are the evaluator's defaults updated by its `config.evals` entry."""
+
+    name: str
+    run: Callable[[EvalContext, dict], dict]
+    options: dict = dataclasses.field(default_factory=dict)  # defaults, besides every_steps and at_end
+    rules: dict = dataclasses.field(default_factory=dict)  # checks.check_fields rules of the options
+    families: tuple[str, ...] = ("views", "image_text")
+    format: Callable[[dict], list[str]] = lambda results: []
+    check: Callable[[dict, object], None] = lambda options, config: None  # extra config-time checks
+
+
+EVALUATORS: dict[str, Evaluator] = {}
+
+
+def register_evaluator(evaluator: Evaluator) -> Evaluator:
+    """Add `evaluator` under its name (replacing one of that name) and return it."""
+    EVALUATORS[evaluator.name] = evaluator
+    return evaluator
+
+
+def default_options(name: str) -> dict:
+    """Every option of evaluator `name` at its default (a `config.evals` entry)."""
+    return {**COMMON_OPTIONS, **EVALUATORS[name].options}
+
+
+def entries(config, family: str) -> list[tuple[Evaluator, dict]]:
+    """The (evaluator, options) of each `config.evals` entry, checked; ConfigError naming the field."""
+    out = []
+    for name, given in config.evals.items():
+        if name not in EVALUATORS:
+            raise ConfigError(f"config.evals.{name}: no evaluator of that name; registered: "
+                              f"{', '.join(sorted(EVALUATORS))}")
+        evaluator = EVALUATORS[name]
+        if family not in evaluator.families:
+            raise ConfigError(f"config.evals.{name} evaluates {' or '.join(evaluator.families)} runs, not this "
+                              f"{family} run (loss.name={config.loss.name!r}); remove the entry")
+        defaults = {**COMMON_OPTIONS, **evaluator.options}
+        given = dict(given)
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ConfigError(f"config.evals.{name}.{unknown[0]} is not an option of evaluator {name!r}; valid: "
+                              f"{', '.join(sorted(defaults))}")
+        options = {**defaults, **given}
+        try:
+            checks.check_fields(options, f"evals.{name}.", {**COMMON_RULES, **evaluator.rules})
+            evaluator.check(options, config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        out.append((evaluator, options))
+    return out
+
+
+def run_all(ctx: EvalContext, chosen: list[tuple[Evaluator, dict]]) -> dict:
+    """The merged results of `chosen` entries (nested dicts merged key by key, later entries adding)."""
+    results: dict = {}
+    for evaluator, options in chosen:
+        _merge(results, evaluator.run(ctx, options))
+    return results
+
+
+def format_results(chosen: list[tuple[Evaluator, dict]], results: dict) -> str:
+    return "\n".join(line for evaluator, _ in chosen for line in evaluator.format(results))
+
+
+def _merge(into: dict, more: dict) -> None:
+    for k, v in more.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+# ------------------------------------------------------------------------------------------ probes
+def probe_features(config, seed, train_feats, train_labels, test_feats, test_labels, *, knn_k: int,
+                   knn_temperature: float) -> dict:
+    """Every probe of one representation's features, fitted on train and scored on test."""
+    tr, te = np.asarray(train_feats, np.float32), np.asarray(test_feats, np.float32)
+    probe = evaluation.linear_probe(tr, train_labels, te, test_labels, seed=seed)
+    knn = evaluation.knn_accuracy(tr, train_labels, te, test_labels, k=knn_k, temperature=knn_temperature)
+    ridge = evaluation.ridge_probe(tr, train_labels, te, test_labels, seed=seed)
+    return {"linear_probe": float(probe["accuracy"]), "knn": float(knn), "linear_probe_l2": float(probe["l2"]),
+            "ridge_probe": float(ridge["accuracy"]),
+            "mean_classifier": float(evaluation.mean_classifier_accuracy(tr, train_labels, te, test_labels)),
+            "uniformity": float(evaluation.uniformity(te)), "tolerance": float(evaluation.tolerance(te, test_labels)),
+            "feature_dim": int(tr.shape[1])}
+
+
+def _probes(ctx: EvalContext, options: dict) -> dict:
+    if ctx.family == "image_text" and not ctx.classnames:
+        return {}  # the labels are not classes (e.g. a COCO image's first object)
+    labels = ctx.train["label"], ctx.test["label"]
+    k = min(options["knn_k"], len(labels[0]))
+    results = {"knn_k": k, "knn_temperature": options["knn_temperature"], "num_train": len(labels[0]),
+               "num_test": len(labels[1])}
+    for name in options["representations"]:
+        results[name] = probe_features(ctx.config, ctx.config.seed, ctx.features(name, "train"), labels[0],
+                                       ctx.features(name, "test"), labels[1], knn_k=k,
+                                       knn_temperature=options["knn_temperature"])
+    return results
+
+
+def _check_representations(options, config) -> None:
+    reps = tuple(options["representations"])
+    bad = [r for r in reps if r not in REPRESENTATIONS]
+    if not reps or bad:
+        raise ValueError(f"evals.probes.representations={reps!r}: each must be one of {', '.join(REPRESENTATIONS)}"
+                         + ("" if reps else ", and at least one is needed"))
+
+
+def _format_probes(results: dict) -> list[str]:
+    reps = [r for r in REPRESENTATIONS if isinstance(results.get(r), dict) and "knn" in results[r]]
+    if not reps:
+        return []
+    rows = [f"{'features':<12} {'dim':>5} {'linear probe':>13} {'kNN (k=' + str(results['knn_k']) + ')':>12} "
+            f"{'ridge':>8} {'mean cls':>9} {'uniformity':>11} {'tolerance':>10}"]
+    for name in reps:
+        r = results[name]
+        rows.append(f"{name:<12} {r['feature_dim']:>5} {100 * r['linear_probe']:>12.2f}% {100 * r['knn']:>11.2f}% "
+                    f"{100 * r['ridge_probe']:>7.2f}% {100 * r['mean_classifier']:>8.2f}% {r['uniformity']:>11.3f} "
+                    f"{r['tolerance']:>10.3f}")
+    rows.append(f"(train {results['num_train']} / test {results['num_test']} images)")
+    return rows
+
+
+PROBES = register_evaluator(Evaluator(
+    "probes", _probes, options={"representations": REPRESENTATIONS, "knn_k": 200, "knn_temperature": 0.07},
+    rules={"knn_k": checks.POSITIVE, "knn_temperature": checks.POSITIVE}, format=_format_probes,
+    check=_check_representations))
+
+
+# ----------------------------------------------------------------------------------- view geometry
+def _view_geometry(ctx: EvalContext, options: dict) -> dict:
+    config, images = ctx.config, ctx.test["image"]
+    x = images_to_float(images, ctx.pixel_max)
+    views = augment_views(jax.random.PRNGKey(config.seed), x, jnp.arange(len(x)),
+                          AugmentConfig(**{**config.augment, "num_views": 2}))
+    f1, f2 = (ctx.encode_images(ctx.state.params, ctx.state.model_state, np.asarray(views[:, v]), 1.0)
+              for v in (0, 1))
+    out = {"alignment": float(evaluation.alignment(f1, f2))}
+    if options["plot"] and ctx.workdir is not None:
+        path = ctx.workdir / "similarities.png"
+        pos, neg = evaluation.positive_negative_similarities(f1, f2)
+        evaluation.similarity_histograms(pos, neg, path, title="learned features, two views per test image")
+        out["similarity_histograms"] = path.name  # beside eval.json
+    return {"learned": out}
+
+
+def _format_view_geometry(results: dict) -> list[str]:
+    learned = results.get("learned", {})
+    if "alignment" not in learned:
+        return []
+    return [f"learned view alignment {learned['alignment']:.3f}" + (
+        f"; similarity histograms in {learned['similarity_histograms']}" if "similarity_histograms" in learned
+        else "")]
+
+
+VIEW_GEOMETRY = register_evaluator(Evaluator(
+    "view_geometry", _view_geometry, options={"plot": True}, families=("views",), format=_format_view_geometry))
+
+
+# ------------------------------------------------------------------------------ image-text: retrieval
+def _caption_embeddings(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image embeddings [N, d], embeddings of every real test caption [M, d], the image of each caption)."""
+    if "captions" not in ctx._features:
+        test = ctx.test
+        real = np.arange(test["tokens"].shape[1])[None, :] < test["num_captions"][:, None]  # [N, K]
+        image_emb, text_emb = ctx.embed_images(test["image"]), ctx.embed_texts(test["tokens"][real])
+        ctx._features["captions"] = (image_emb, text_emb, np.nonzero(real)[0])
+    return ctx._features["captions"]
+
+
+def _retrieval(ctx: EvalContext, options: dict) -> dict:
+    image_emb, text_emb, text_to_image = _caption_embeddings(ctx)
+    ks = tuple(k for k in RECALL_KS if k <= min(len(image_emb), len(text_emb)))  # a tiny test split has < 10
+    results = {"num_train": int(len(ctx.train["image"])), "num_test": int(len(image_emb)),
+               "num_test_captions": int(len(text_emb)),
+               "retrieval": evaluation.image_text_retrieval(image_emb, text_emb, text_to_image=text_to_image, ks=ks)}
+    if ctx.classnames:
+        # A caption is a hit for any image of the class it names: the best the captions can tell apart.
+        class_level = evaluation.retrieval_recall(text_emb, image_emb, query_ids=ctx.test["label"][text_to_image],
+                                                  key_ids=ctx.test["label"], ks=ks)
+        results["retrieval"].update({f"text_to_image_class/{k}": v for k, v in class_level.items()})
+    return results
+
+
+def _format_retrieval(results: dict) -> list[str]:
+    r = results["retrieval"]
+    rows = [f"{'retrieval':<22} {'R@1':>7} {'R@5':>7} {'R@10':>7}"]
+    for direction in ("image_to_text", "text_to_image", "text_to_image_class"):
+        if f"{direction}/recall@1" in r:
+            rows.append(f"{direction:<22} " + " ".join(
+                f"{100 * r[f'{direction}/recall@{k}']:>6.2f}%" if f"{direction}/recall@{k}" in r else f"{'-':>7}"
+                for k in RECALL_KS))
+    rows.append(f"(train {results['num_train']} / test {results['num_test']} images, "
+                f"{results['num_test_captions']} test captions)")
+    return rows
+
+
+RETRIEVAL = register_evaluator(Evaluator("retrieval", _retrieval, families=("image_text",),
+                                         format=_format_retrieval))
+
+
+# ----------------------------------------------------------------------------- image-text: zero-shot
+def _zero_shot(ctx: EvalContext, options: dict) -> dict:
+    if not ctx.classnames:
+        return {}
+    image_emb, _, _ = _caption_embeddings(ctx)
+    templates = list(options["templates"])
+    class_emb = evaluation.class_embeddings_from_templates(
+        lambda prompts: ctx.embed_texts(ctx.tokenizer.encode(prompts)), ctx.classnames, templates)
+    return {"zero_shot": evaluation.zero_shot_classify(image_emb, class_emb, ctx.test["label"]),
+            "num_templates": len(templates)}
+
+
+def _check_templates(options, config) -> None:
+    templates = tuple(options["templates"])
+    no_slot = [t for t in templates if CLASS_SLOT not in t]
+    if not templates or no_slot:
+        raise ValueError(f"config.evals.zero_shot.templates must each contain the class slot {CLASS_SLOT!r}; "
+                         f"these do not: {no_slot[:3]!r}" if no_slot else "config.evals.zero_shot.templates is empty")
+
+
+def _format_zero_shot(results: dict) -> list[str]:
+    if "zero_shot" not in results:
+        return []
+    return [f"zero-shot top-1 ({results['num_templates']} templates): {100 * results['zero_shot']:.2f}%"]
+
+
+ZERO_SHOT = register_evaluator(Evaluator("zero_shot", _zero_shot, options={"templates": ()},
+                                         families=("image_text",), format=_format_zero_shot,
+                                         check=_check_templates))
+
+
+def make_dual_embed(graphdef):
+    """`embed(params, model_state, images, tokens)`: a dual encoder's image (tokens None) or text embeddings."""
+
+    @jax.jit
+    def embed(params, model_state, images, tokens):
+        model = nnx.merge(graphdef, params, model_state)
+        return model.embed_image(images) if images is not None else model.embed_text(tokens)
+
+    return embed
