@@ -1,9 +1,10 @@
 """Contrastive losses: pure functions ``loss, metrics = f(embeddings..., *, hparams, axis_name=None)``.
 
-Every softmax-family loss is a parameterisation of ``core.softmax_xent_rows`` (masks, per-pair scales,
-positive weights and ``core.Variants``); ``siglip`` is a ring of ppermutes with a custom VJP.
-With ``impl='ring'`` and/or ``chunk_size`` the softmax losses stream their row totals over key blocks and
-tiles instead (``losses.streamed`` on ``contrastive.parallel.ring``), never holding a b_local x B block.
+Every softmax-family loss is a parameterisation of one engine (``core.softmax_terms`` and
+``core.finalize_rows``: masks, per-row or per-pair scales, positive weights and ``core.Variants``);
+``siglip`` has its own block of sigmoid terms. ``losses.streamed`` runs a loss's block dense (one whole
+block), tiled (``chunk_size``) or around a ring of devices (``impl='ring'``, ``contrastive.parallel.ring``),
+picking by ``impl='auto'``. ``reduction='none'`` gives the per-anchor rows instead of the mean.
 ``moco`` adds a key queue (and MoCHi / feature transformation); ``byol``, ``simsiam`` and ``wmse`` have no
 negatives (a predictor with a target or a stop-gradient; whitening).
 """

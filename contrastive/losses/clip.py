@@ -13,26 +13,16 @@ L2-normalises them) and t = logit_scale::
 
 Each direction is a mean over the N anchors. Variants as in ``nt_xent`` (margins, debiasing, hardness,
 top-k; see ``core.Variants``) apply to both directions; the angular margin and the debiasing floor
-(|N(i)| exp(-t)) assume unit-norm inputs.
+(|N(i)| exp(-t)) assume unit-norm inputs. ``logit_scale`` may be one per pair index ([b]: pair i's
+scale in both directions). ``reduction='none'`` returns per-pair rows instead of the mean.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 
-from contrastive.losses.core import (
-    Variants,
-    check_positive,
-    check_rank,
-    check_same_shape,
-    global_mean,
-    pair_metrics,
-    softmax_xent_rows,
-)
-from contrastive.losses.pairs import cross_modal_pairs
-from contrastive.losses.streamed import cross_modal_xent, resolve_impl
+from contrastive.losses.core import Variants, check_positive, check_rank, check_same_shape
+from contrastive.losses.streamed import check_reduction, cross_modal_xent, reduce_rows
 
 Array = jax.Array
 
@@ -47,51 +37,26 @@ def symmetric_cross_modal_loss(
     variants: Variants,
     impl: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[Array, dict[str, Array]]:
-    """``(L_i2t + L_t2i) / 2`` on the shared core; shared by CLIP and InfoLOOB."""
+    reduction: str = "mean",
+):
+    """``(L_i2t + L_t2i) / 2`` on the softmax engine; shared by CLIP and InfoLOOB.
+
+    The per-pair rows (``reduction='none'``) are ``loss = (l_i2t + l_t2i) / 2`` (its global mean is the
+    loss), each direction's ``loss_i2t`` / ``loss_t2i`` and ``log_denominator_i2t`` / ``_t2i``, all [b].
+    """
     check_rank("image", image, 2)
     check_rank("text", text, 2)
     check_same_shape("image", image, "text", text)
     check_positive("logit_scale", logit_scale)
-    impl, chunk_size, streamed = resolve_impl(
-        impl, chunk_size, local_rows=image.shape[0], axis_name=axis_name, variants=variants, scale=logit_scale
+    check_reduction(reduction)
+    image_rows, text_rows, metrics = cross_modal_xent(
+        image, text, scale=logit_scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size,
+        positives_in_denominator=positives_in_denominator, variants=variants,
     )
-    if streamed:
-        return _streamed_symmetric(
-            image, text, logit_scale, axis_name, impl, chunk_size,
-            positives_in_denominator=positives_in_denominator, variants=variants,
-        )
-
-    def one_direction(queries, keys):
-        sim, positive_mask = cross_modal_pairs(queries, keys, axis_name)
-        per_anchor = softmax_xent_rows(
-            sim,
-            positive_mask,
-            ~positive_mask,
-            scale=logit_scale,
-            positives_in_denominator=positives_in_denominator,
-            variants=variants,
-        )
-        return global_mean(per_anchor, axis_name), sim, positive_mask
-
-    loss_i2t, sim, positive_mask = one_direction(image, text)
-    loss_t2i, _, _ = one_direction(text, image)
-    # Image->text retrieval; the pair similarities (pos_sim, neg_sim) are the same in both directions.
-    metrics = pair_metrics(sim, positive_mask, positive_mask | ~positive_mask, axis_name)
-    return 0.5 * (loss_i2t + loss_t2i), metrics
-
-
-def _streamed_symmetric(image, text, logit_scale, axis_name, impl, chunk_size, **core_options):
-    """The ring / tiled path (``losses.streamed``): both directions from the same tiles of logits."""
-    stream = functools.partial(
-        cross_modal_xent, scale=logit_scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size, **core_options
-    )
-    if impl == "ring" or axis_name is None:
-        per_image, per_text, metrics = stream(image, text, symmetric=True)
-    else:  # gathered keys: a key's total would need every device's queries, so one pass per direction
-        per_image, _, metrics = stream(image, text)
-        per_text, _, _ = stream(text, image)
-    return 0.5 * (global_mean(per_image, axis_name) + global_mean(per_text, axis_name)), metrics
+    rows = {"loss": 0.5 * (image_rows["loss"] + text_rows["loss"])}
+    for direction, part in (("i2t", image_rows), ("t2i", text_rows)):
+        rows |= {f"{name}_{direction}": value for name, value in part.items()}
+    return reduce_rows(rows, reduction, axis_name), metrics
 
 
 def clip(
@@ -108,24 +73,20 @@ def clip(
     hardest_negatives: int | None = None,
     impl: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[Array, dict[str, Array]]:
+    reduction: str = "mean",
+):
     """Symmetric CLIP/ALIGN InfoNCE of the global batch.
 
     Args:
       image, text: [b, D] this device's paired embeddings (plain dot products, no normalisation).
-      logit_scale: t > 0 multiplying the dot products (the scale itself, not its log).
+      logit_scale: t > 0 multiplying the dot products (the scale itself, not its log); a scalar or one
+        per pair index [b].
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
       additive_margin, angular_margin, false_negative_prior, hardness_concentration,
         hardness_weight, hardest_negatives: variants, see ``contrastive.losses.core.Variants``.
-      impl: "auto" (default), "gather" (all-gather the keys, dense b x B logits; the reference) or "ring"
-        (pass key blocks around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see
-        ``losses.streamed``). "auto" decides at trace time from the static shapes
-        (``streamed.auto_impl``, where the threshold's measurements are): "gather" without chunks
-        below ``streamed.AUTO_MIN_GLOBAL_ROWS`` global rows (here N), with ``hardest_negatives`` or a
-        non-scalar logit_scale; otherwise "ring" when ``axis_name`` is set, else tiles of up to 512 rows.
-      chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (any impl; kept
-        as given by "auto"); must divide the local anchor rows. ``hardest_negatives`` needs
-        ``impl='gather'``, no chunks.
+      impl, chunk_size: as in ``nt_xent`` ("auto" by ``streamed.auto_impl``, here on N rows per
+        direction); with the ring (or on one device) both directions come from the same tiles of logits.
+      reduction: "mean" (the loss) or "none" (the per-pair rows of ``symmetric_cross_modal_loss``).
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` (mean dot product of matched / unmatched pairs)
@@ -148,4 +109,5 @@ def clip(
         variants=variants,
         impl=impl,
         chunk_size=chunk_size,
+        reduction=reduction,
     )

@@ -25,19 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from contrastive.losses.core import (
-    check_positive,
-    check_rank,
-    check_same_shape,
-    global_mean,
-    global_sum,
-    l2_normalize,
-    num_devices,
-    pair_metrics,
-    softmax_xent_rows,
-)
-from contrastive.losses.pairs import multi_view_pairs
-from contrastive.losses.streamed import multi_view_xent, resolve_impl
+from contrastive.losses.core import check_positive, check_rank, check_same_shape, global_sum, l2_normalize, num_devices
+from contrastive.losses.streamed import check_reduction, multi_view_xent, reduce_rows
 
 Array = jax.Array
 
@@ -66,19 +55,18 @@ def dcl(
     axis_name: str | None = None,
     impl: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[Array, dict[str, Array]]:
+    reduction: str = "mean",
+):
     """DCL (or DCLW with ``weighted=True``) loss of the global batch, mean over the 2N anchors.
 
     Args:
       z1, z2: [b, D] this device's embeddings of the two views (cosine similarity, float32).
-      temperature: tau > 0; similarities are divided by it.
+      temperature: tau > 0; similarities are divided by it (scalar, [b] or [2b], as in ``nt_xent``).
       weighted: use the DCLW positive weights.
       sigma: > 0, the DCLW weighting temperature.
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
-      impl, chunk_size: "auto" (default), "gather" (reference) or "ring" (ppermute ring, online
-        log-sum-exp), and an optional tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
-        "auto" picks dense "gather" below 4,096 global rows (here 2N), else "ring" when sharded
-        or tiles of up to 512 rows on one device (``streamed.auto_impl``).
+      impl, chunk_size, reduction: as in ``nt_xent`` ("auto" by ``streamed.auto_impl``; "none" gives the
+        per-anchor ``l_a`` and ``log D_a``, here the log negative mass).
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` and ``top1_acc`` as in ``nt_xent``.
@@ -87,35 +75,15 @@ def dcl(
     check_rank("z2", z2, 2)
     check_same_shape("z1", z1, "z2", z2)
     check_positive("temperature", temperature)
-    if weighted:
-        check_positive("sigma", sigma)
-    scale = 1.0 / jnp.asarray(temperature)
-    impl, chunk_size, streamed = resolve_impl(
-        impl, chunk_size, local_rows=2 * z1.shape[0], axis_name=axis_name, scale=scale
-    )
-    if streamed:
-        # The positive pair of anchor (v, i) is (1 - v, i), on the same device: its weight is local.
-        weight = None
-        if weighted:
-            positive_sim = jnp.sum(l2_normalize(z1) * l2_normalize(z2), axis=-1)
-            weight = dclw_weight(jnp.tile(positive_sim, 2), sigma, axis_name)
-        per_anchor, metrics = multi_view_xent(
-            jnp.stack([z1, z2], axis=1), None, scale=scale, axis_name=axis_name, impl=impl,
-            chunk_size=chunk_size, positives_in_denominator=False, positive_weight=weight,
-        )
-        return global_mean(per_anchor, axis_name), metrics
-    sim, self_mask, positive_mask = multi_view_pairs(jnp.stack([z1, z2], axis=1), None, axis_name)
+    check_reduction(reduction)
     weight = None
     if weighted:
-        positive_sim = jnp.sum(jnp.where(positive_mask, sim, 0.0), axis=-1)
-        weight = dclw_weight(positive_sim, sigma, axis_name)
-    per_anchor = softmax_xent_rows(
-        sim,
-        positive_mask,
-        ~(self_mask | positive_mask),
-        scale=scale,
-        positives_in_denominator=False,
-        positive_weight=weight,
+        check_positive("sigma", sigma)
+        # The positive pair of anchor (v, i) is (1 - v, i), on the same device: its weight is local.
+        positive_sim = jnp.sum(l2_normalize(z1) * l2_normalize(z2), axis=-1)
+        weight = dclw_weight(jnp.tile(positive_sim, 2), sigma, axis_name)
+    rows, metrics = multi_view_xent(
+        jnp.stack([z1, z2], axis=1), None, scale=1.0 / jnp.asarray(temperature), axis_name=axis_name, impl=impl,
+        chunk_size=chunk_size, positives_in_denominator=False, positive_weight=weight,
     )
-    metrics = pair_metrics(sim, positive_mask, ~self_mask, axis_name)
-    return global_mean(per_anchor, axis_name), metrics
+    return reduce_rows(rows, reduction, axis_name), metrics

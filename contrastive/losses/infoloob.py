@@ -34,17 +34,15 @@ def infoloob(
     axis_name: str | None = None,
     impl: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[Array, dict[str, Array]]:
+    reduction: str = "mean",
+):
     """Symmetric InfoLOOB loss of the global batch.
 
     Args:
       image, text: [b, D] this device's paired embeddings (plain dot products, no normalisation).
-      logit_scale: t > 0 multiplying the dot products (1 / tau of the paper).
+      logit_scale: t > 0 multiplying the dot products (1 / tau of the paper); scalar or [b].
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
-      impl, chunk_size: "auto" (default), "gather" (reference) or "ring" (ppermute ring, online
-        log-sum-exp), and an optional tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
-        "auto" picks dense "gather" below 4,096 global rows (here N, per direction), else "ring"
-        when sharded or tiles of up to 512 rows on one device (``streamed.auto_impl``).
+      impl, chunk_size, reduction: as in ``clip``.
 
     Returns:
       (loss, metrics) with ``pos_sim``, ``neg_sim`` and ``top1_acc`` as in ``clip``.
@@ -58,4 +56,5 @@ def infoloob(
         variants=PLAIN,
         impl=impl,
         chunk_size=chunk_size,
+        reduction=reduction,
     )

@@ -21,17 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from contrastive.losses.core import (
-    Variants,
-    check_positive,
-    check_rank,
-    check_same_shape,
-    global_mean,
-    pair_metrics,
-    softmax_xent_rows,
-)
-from contrastive.losses.pairs import multi_view_pairs
-from contrastive.losses.streamed import multi_view_xent, resolve_impl
+from contrastive.losses.core import Variants, check_positive, check_rank, check_same_shape
+from contrastive.losses.streamed import check_reduction, multi_view_xent, reduce_rows
 
 Array = jax.Array
 
@@ -50,34 +41,39 @@ def nt_xent(
     hardest_negatives: int | None = None,
     impl: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[Array, dict[str, Array]]:
+    reduction: str = "mean",
+):
     """SimCLR NT-Xent loss of the global batch (mean over the 2N anchors).
 
     Args:
       z1, z2: [b, D] this device's embeddings of the two views (any float dtype; cosine in float32).
-      temperature: tau > 0; similarities are divided by it.
+      temperature: tau > 0; similarities are divided by it. A scalar, one per sample ([b], shared by its
+        two views) or one per anchor row ([2b]: z1's rows, then z2's); per-row values work on every impl.
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
       additive_margin, angular_margin, false_negative_prior, hardness_concentration,
         hardness_weight, hardest_negatives: variants, see ``contrastive.losses.core.Variants``.
       impl: "auto" (default), "gather" (all-gather the keys, dense b x B logits; the reference) or "ring"
         (pass key blocks around ``axis_name`` with ppermute, online log-sum-exp, custom VJP; see
-        ``losses.streamed``). "auto" decides at trace time from the static shapes
-        (``streamed.auto_impl``, where the threshold's measurements are): "gather" without chunks
-        below ``streamed.AUTO_MIN_GLOBAL_ROWS`` global rows (here 2N), with ``hardest_negatives`` or a
-        non-scalar temperature; otherwise "ring" when ``axis_name`` is set, else tiles of up to 512 rows.
+        ``losses.streamed``). "auto" decides at trace time from the static shapes by the rule of
+        ``streamed.auto_impl`` (where its measurements are): dense "gather" for small global batches
+        (here 2N rows), with ``hardest_negatives`` or a per-pair temperature; otherwise "ring" when
+        ``axis_name`` is set, else tiles.
       chunk_size: if set, tile each device's logits into chunk_size x chunk_size tiles (any impl; kept
         as given by "auto"); must divide the local anchor rows. ``hardest_negatives`` needs
         ``impl='gather'``, no chunks.
+      reduction: "mean" (the loss) or "none": instead of the loss, this device's per-anchor rows
+        ``{"loss": l_a, "log_denominator": log D_a}`` ([2b] each, view-major: z1's rows, then z2's).
 
     Returns:
-      (loss, metrics): float32 scalar, and ``pos_sim`` / ``neg_sim`` (mean cosine of positive /
-      negative pairs) and ``top1_acc`` (fraction of anchors whose most similar other embedding is
-      their positive).
+      (loss, metrics): float32 scalar (or the per-row dict), and ``pos_sim`` / ``neg_sim`` (mean cosine of
+      positive / negative pairs) and ``top1_acc`` (fraction of anchors whose most similar other
+      embedding is their positive).
     """
     check_rank("z1", z1, 2)
     check_rank("z2", z2, 2)
     check_same_shape("z1", z1, "z2", z2)
     check_positive("temperature", temperature)
+    check_reduction(reduction)
     variants = Variants(
         additive_margin=additive_margin,
         angular_margin=angular_margin,
@@ -86,19 +82,8 @@ def nt_xent(
         hardness_weight=hardness_weight,
         hardest_negatives=hardest_negatives,
     )
-    scale = 1.0 / jnp.asarray(temperature)
-    impl, chunk_size, streamed = resolve_impl(
-        impl, chunk_size, local_rows=2 * z1.shape[0], axis_name=axis_name, variants=variants, scale=scale
+    rows, metrics = multi_view_xent(
+        jnp.stack([z1, z2], axis=1), None, scale=1.0 / jnp.asarray(temperature), axis_name=axis_name, impl=impl,
+        chunk_size=chunk_size, variants=variants,
     )
-    if streamed:
-        per_anchor, metrics = multi_view_xent(
-            jnp.stack([z1, z2], axis=1), None, scale=scale, axis_name=axis_name, impl=impl,
-            chunk_size=chunk_size, variants=variants,
-        )
-        return global_mean(per_anchor, axis_name), metrics
-    sim, self_mask, positive_mask = multi_view_pairs(jnp.stack([z1, z2], axis=1), None, axis_name)
-    negative_mask = ~(self_mask | positive_mask)
-    per_anchor = softmax_xent_rows(
-        sim, positive_mask, negative_mask, scale=scale, variants=variants
-    )
-    return global_mean(per_anchor, axis_name), pair_metrics(sim, positive_mask, ~self_mask, axis_name)
+    return reduce_rows(rows, reduction, axis_name), metrics

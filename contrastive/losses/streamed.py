@@ -1,29 +1,29 @@
-"""``softmax_xent_rows`` as streamed row totals: the ring (``impl='ring'``) and tiled (``chunk_size``) paths.
+"""How a loss is computed: the dense, ring and tiled paths of one block function, and ``impl='auto'``.
 
 Papers: Cheng et al. 2024, "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive
-Loss" (Inf-CL); Khosla et al. 2020 (the L_out form of ``core.softmax_xent_rows``).
+Loss" (Inf-CL); Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training", Sec. 3.3 (the ring).
 
-``core.softmax_xent_rows`` needs, per anchor row i, only these totals over its candidates j::
+A loss is a *block function* (``contrastive.parallel.tiled`` format: per-pair terms whose row totals are
+log-sum-exps, sums or maxima) and a *finalize* function (row totals -> per-row losses). It runs as
 
-    log sum_{P(i)} exp(l+_ij)     sum_{P(i)} l+_ij     |P(i)|     |N(i)|      (l+ = margin logits)
-    log sum_{N(i)} exp(w_ij)                           (w = l + alpha sg(s), LLaVE weights)
-    log sum_{N(i)} exp(w_ij + beta l_ij), log sum_{N(i)} exp(beta l_ij)      (Robinson et al. hardness)
-    log sum_{N(i)} exp(c s_min)                        (Chuang et al. debiasing floor)
+* dense (``impl='gather'``, no ``chunk_size``): the keys are all-gathered and the block function sees the
+  whole b_local x B block once; JAX differentiates it (the reference path);
+* tiled (``chunk_size``): the same block in chunk_size x chunk_size tiles, totals combined on the fly;
+* ring (``impl='ring'``): key blocks travel around the devices (``contrastive.parallel.ring``, a custom
+  VJP that recomputes the tiles), so no device holds b_local x B logits.
 
-each a log-sum-exp or a sum, so it can be accumulated over key blocks and tiles without ever holding a
-row of logits (``contrastive.parallel.tiled`` / ``ring``); :func:`finalize_rows` then applies the same
-formula as the dense core. Only ``hardest_negatives`` (top-k of the whole row) does not decompose.
-
-Which pairs are positives is decided from per-row metadata instead of masks: every row and column
-carries ``(sample id, view, label)``; self = same id and view, positive = same label and not self,
-negative = neither. Cross-modal layouts give queries view 0 and keys view 1 (so no pair is "self")
-and use the sample id as the label.
+The softmax losses share :func:`softmax_block_terms` (the terms of ``core.softmax_terms``, with masks
+made from per-row metadata) and ``core.finalize_rows``; ``siglip`` has its own block of sigmoid terms.
+Every row and column carries ``(sample id, view, label)``: self = same id and view, positive = same label
+and not self, negative = neither. Cross-modal layouts give queries view 0 and keys view 1 (so no pair is
+"self") and use the sample id as the label. A per-row logit scale (one temperature per anchor) travels
+with its rows, so it works on every path; a per-pair scale needs the dense path. Only
+``hardest_negatives`` (top-k of the whole row) needs the dense path too.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -31,20 +31,23 @@ import jax.numpy as jnp
 from contrastive.losses.core import (
     PLAIN,
     Variants,
-    _log_debiased_mass,
+    finalize_rows,
     gather_rows,
-    global_sum,
+    global_mean,
     l2_normalize,
-    margin_similarity,
     num_devices,
+    pair_metric_terms,
+    pair_metrics,
     row_offset,
     similarity,
+    softmax_terms,
 )
 from contrastive.parallel.ring import as_varying, ring_row_losses
-from contrastive.parallel.tiled import LSE, MAX, SUM, check_chunk_size
+from contrastive.parallel.tiled import check_chunk_size, num_rows, reduce_block
 
 Array = jax.Array
 IMPLS = ("auto", "gather", "ring")
+REDUCTIONS = ("mean", "none")
 
 # impl='auto' (the default of the softmax losses) at trace time, from static shapes. Measured in
 # experiments/results/loss_memory.md (CLIP forward + backward, 2 shared CPU cores, tiles of 512, one run of
@@ -73,7 +76,7 @@ def auto_chunk_size(rows: int) -> int | None:
 
 
 def auto_impl(
-    local_rows: int, axis_size: int, *, sharded: bool, whole_rows: bool = False, scalar_scale: bool = True
+    local_rows: int, axis_size: int, *, sharded: bool, whole_rows: bool = False, pair_scale: bool = False
 ) -> tuple[str, int | None]:
     """(impl, chunk_size) that ``impl='auto'`` resolves to; pure Python on static shapes.
 
@@ -82,16 +85,17 @@ def auto_impl(
       axis_size: size of the sharded axis (1 without one); global rows = local_rows x axis_size.
       sharded: whether the loss runs with an ``axis_name``.
       whole_rows: a variant needs the whole row of logits (``hardest_negatives``).
-      scalar_scale: whether the temperature / logit scale is a scalar (the streamed paths need one).
+      pair_scale: whether the temperature / logit scale is per pair (an array of rank >= 2, broadcast
+        against the b_local x B logits); the streamed paths take a scalar or one value per row.
 
     Rule: ``('gather', None)`` (dense b_local x B logits, the reference) when a variant needs whole rows,
-    the scale is not a scalar, or the global rows are fewer than ``AUTO_MIN_GLOBAL_ROWS`` (4,096; where
+    the scale is per pair, or the global rows are fewer than ``AUTO_MIN_GLOBAL_ROWS`` (4,096; where
     the benchmark measured the streamed paths faster, see the comment above). Otherwise, sharded:
     ``('ring', auto_chunk_size(local_rows))`` (b x b blocks around the ring, tiled when the local block
     is larger than one tile); one device: ``('gather', auto_chunk_size(local_rows))`` (the tiled path),
     or the dense path when no tile divides the rows.
     """
-    if whole_rows or not scalar_scale or local_rows * axis_size < AUTO_MIN_GLOBAL_ROWS:
+    if whole_rows or pair_scale or local_rows * axis_size < AUTO_MIN_GLOBAL_ROWS:
         return "gather", None
     chunk = auto_chunk_size(local_rows)
     return ("ring" if sharded else "gather"), chunk
@@ -108,8 +112,11 @@ def check_impl(impl: str, chunk_size, variants: Variants = PLAIN, scale=1.0) -> 
             "hardest_negatives needs the whole row of logits (top-k) and is only supported with "
             "impl='gather' and chunk_size=None"
         )
-    if streamed and jnp.ndim(scale) != 0:
-        raise ValueError(f"the ring/tiled paths need a scalar temperature / logit_scale, got shape {jnp.shape(scale)}")
+    if streamed and jnp.ndim(scale) > 1:
+        raise ValueError(
+            "the ring/tiled paths need a scalar or per-row ([rows]) temperature / logit_scale, "
+            f"got shape {jnp.shape(scale)}"
+        )
     return streamed
 
 
@@ -129,7 +136,7 @@ def resolve_impl(
             num_devices(axis_name),
             sharded=axis_name is not None,
             whole_rows=variants.hardest_negatives is not None,
-            scalar_scale=jnp.ndim(scale) == 0,
+            pair_scale=jnp.ndim(scale) > 1,
         )
         chunk_size = auto_chunk if chunk_size is None else chunk_size
     return impl, chunk_size, check_impl(impl, chunk_size, variants, scale)
@@ -148,155 +155,138 @@ def cross_modal_meta(num_local: int, view: int, axis_name: str | None):
     return ids, jnp.full((num_local,), view), ids
 
 
-# ----------------------------------------------------------------------------------------- block terms
-def softmax_block_terms(queries, query_meta, keys, key_meta, params, *, variants, min_similarity, symmetric):
-    """(row, column, metric) terms of one tile (``contrastive.parallel.tiled`` format).
-
-    With ``symmetric`` the keys are anchors too (CLIP's text->image direction): the positive relation
-    and every term are symmetric in the pair, so the column terms are the row terms reduced per key.
-    """
+def pair_masks(query_meta, key_meta):
+    """(positive, negative) masks [rows, cols] of a tile from the rows' and columns' (id, view, label)."""
     (q_id, q_view, q_label), (k_id, k_view, k_label) = query_meta, key_meta
     is_self = (q_id[:, None] == k_id[None, :]) & (q_view[:, None] == k_view[None, :])
     pos = (q_label[:, None] == k_label[None, :]) & ~is_self
-    neg = ~is_self & ~pos
-    scale = params["scale"]
-    sim = similarity(queries, keys)
-    logits = sim * scale
-    pos_logits = margin_similarity(sim, variants) * scale
-    weighted = logits
-    if variants.hardness_weight:
-        weighted = logits + variants.hardness_weight * jax.lax.stop_gradient(sim)
-    ones = jnp.ones_like(sim)
-    lse = {"pos": (pos_logits, pos), "neg": (weighted, neg)}
-    if variants.hardness_concentration:
-        beta = variants.hardness_concentration
-        lse |= {"concentrated": (weighted + beta * logits, neg), "beta": (beta * logits, neg)}
-    if variants.false_negative_prior:
-        lse["floor"] = (jnp.broadcast_to(min_similarity * scale, sim.shape), neg)
-    loss_terms = {LSE: lse, SUM: {"pos_logit": (pos_logits, pos), "num_pos": (ones, pos), "num_neg": (ones, neg)}}
-    return loss_terms, loss_terms if symmetric else {}, pair_metric_terms(sim, pos, neg)
+    return pos, ~is_self & ~pos
 
 
-def pair_metric_terms(sim, pos, neg):
-    """Metric terms of one tile: the sums and maxima behind :func:`streamed_metrics`."""
-    sim, ones = jax.lax.stop_gradient(sim), jnp.ones_like(sim)
-    return {
-        SUM: {"pos": (sim, pos), "num_pos": (ones, pos), "neg": (sim, neg), "num_neg": (ones, neg)},
-        MAX: {"best_pos": (sim, pos), "best_neg": (sim, neg)},
-    }
+def split_scale(scale, rows: int, num_views: int = 1):
+    """(params, row_scale): a scalar or per-pair scale is a parameter of the block; a per-sample [rows] (or
+    [rows * num_views], view-major) one travels with its rows, tiled over the views."""
+    scale = jnp.asarray(scale, jnp.float32)
+    if jnp.ndim(scale) != 1:
+        return {"scale": scale}, None
+    if scale.shape[0] == rows:
+        scale = jnp.tile(scale, num_views)
+    if scale.shape[0] != rows * num_views:
+        raise ValueError(f"a per-row scale must have shape [{rows}] or [{rows * num_views}], got {scale.shape}")
+    return {}, scale
 
 
-def finalize_rows(totals, positive_weight, *, positives_in_denominator: bool, variants: Variants):
-    """Per-anchor ``L_i`` of ``core.softmax_xent_rows`` from its row totals."""
-    lse, sums = totals[LSE], totals[SUM]
-    has_pos = sums["num_pos"] > 0
-    safe_num_pos = jnp.maximum(sums["num_pos"], 1.0)
-    mean_pos_logit = sums["pos_logit"] / safe_num_pos
-    log_pos_mass = lse["pos"]
-    log_mean_pos = jnp.where(has_pos, log_pos_mass, 0.0) - jnp.log(safe_num_pos)
-    log_count = jnp.log(jnp.maximum(sums["num_neg"], 1.0))
-    log_mass = lse["neg"]
-    if variants.hardness_concentration:
-        log_mass = log_count + lse["concentrated"] - lse["beta"]
-    if variants.false_negative_prior:
-        prior = variants.false_negative_prior
-        log_prior_mass = math.log(prior) + log_count + log_mean_pos
-        log_mass = _log_debiased_mass(log_mass, log_prior_mass, lse["floor"], prior)
-    log_denominator = jnp.logaddexp(log_pos_mass, log_mass) if positives_in_denominator else log_mass
-    if positive_weight is not None:
-        mean_pos_logit = positive_weight * mean_pos_logit
-    return jnp.where(has_pos, log_denominator - mean_pos_logit, 0.0)
+# ----------------------------------------------------------------------------------------- block terms
+def softmax_block_terms(queries, query_meta, keys, key_meta, params, *, variants, min_similarity, symmetric):
+    """(row, column, metric) terms of one tile: ``core.softmax_terms`` with masks from the metadata.
+
+    ``queries`` and ``keys`` are (embeddings, per-row scale or None). With ``symmetric`` the keys are
+    anchors too (CLIP's text->image direction): the positive relation is symmetric in the pair, so the
+    column terms are the row terms (with the keys' own scales, if any) reduced per key.
+    """
+    (q, q_scale), (k, k_scale) = queries, keys
+    pos, neg = pair_masks(query_meta, key_meta)
+    sim = similarity(q, k)
+    terms = functools.partial(softmax_terms, sim, positive_mask=pos, negative_mask=neg, variants=variants,
+                              min_similarity=min_similarity)
+    row_terms = terms(params["scale"] if q_scale is None else q_scale[:, None])
+    col_terms = {}
+    if symmetric:
+        col_terms = row_terms if k_scale is None else terms(k_scale[None, :])
+    return row_terms, col_terms, pair_metric_terms(sim, pos, neg)
 
 
-def streamed_metrics(metric_totals, axis_name: str | None) -> dict[str, Array]:
-    """``core.pair_metrics`` from streamed totals (a hit: the best positive beats the best negative)."""
-    sums, best = metric_totals[SUM], metric_totals[MAX]
-    has_pos = sums["num_pos"] > 0
-    hits = jnp.sum(has_pos & (best["best_pos"] > best["best_neg"]), dtype=jnp.float32)
-    totals = {name: jnp.sum(v) for name, v in sums.items()}
-    totals = global_sum(totals | {"hits": hits, "anchors": jnp.sum(has_pos, dtype=jnp.float32)}, axis_name)
-    ratio = lambda a, b: totals[a] / jnp.maximum(totals[b], 1.0)
-    return {
-        "pos_sim": ratio("pos", "num_pos"),
-        "neg_sim": ratio("neg", "num_neg"),
-        "top1_acc": ratio("hits", "anchors"),
-    }
-
-
-# ----------------------------------------------------------------------------------------- entry point
-def keys_for(impl: str, keys: Array, key_meta, axis_name: str | None):
+# ----------------------------------------------------------------------------------------- the paths
+def keys_for(impl: str, keys, key_meta, axis_name: str | None):
     """(keys, key_meta, ring axis): the local block to pass around the ring, or the gathered batch."""
     if impl == "ring" or axis_name is None:
         return keys, key_meta, axis_name
     # Gathered keys are O(B d), small; their gradient goes home through all_gather's transpose.
-    return gather_rows(keys, axis_name), jax.tree.map(lambda m: gather_rows(m, axis_name), key_meta), None
+    return jax.tree.map(lambda x: gather_rows(x, axis_name), (keys, key_meta)) + (None,)
 
 
-def streamed_softmax_xent(
-    queries: Array,
-    query_meta,
-    keys: Array,
-    key_meta,
-    *,
-    scale,
-    axis_name: str | None,
-    impl: str,
-    chunk_size: int | None,
-    positives_in_denominator: bool = True,
-    variants: Variants = PLAIN,
-    min_similarity: float = -1.0,
-    positive_weight: Array | None = None,
-    symmetric: bool = False,
-):
-    """Per-anchor losses [rows], per-key losses [keys] (or None) and global metrics, without b_local x B logits.
+def block_row_losses(block_fn, finalize_fn, queries, query_meta, keys, key_meta, params, aux, *, axis_name, impl,
+                     chunk_size):
+    """(per-row losses, per-key losses or None, metric totals) of a block loss on the path ``impl`` asks for.
 
-    ``queries`` are this device's anchors; ``keys`` this device's candidates. With ``impl='ring'`` the
-    key blocks travel around ``axis_name`` (``contrastive.parallel.ring``); with ``impl='gather'`` the
-    keys are all-gathered (O(B d), small) and only the logits are tiled. ``chunk_size`` tiles both.
-    ``symmetric`` also returns the keys' own losses from the same tiles (the keys must not be gathered).
+    ``impl`` is resolved ('gather' or 'ring'); see the module docstring. Per-key losses (the column terms)
+    need the keys to stay local: one device, or the ring.
     """
-    check_chunk_size(chunk_size, anchor_rows=queries.shape[0], candidate_rows=keys.shape[0])
-    if impl == "gather" and axis_name is not None and symmetric:
-        raise ValueError("symmetric streamed losses need impl='ring' when the batch is sharded")
+    check_chunk_size(chunk_size, anchor_rows=num_rows(queries), candidate_rows=num_rows(keys))
     keys, key_meta, ring_axis = keys_for(impl, keys, key_meta, axis_name)
-    block_fn = functools.partial(
-        softmax_block_terms, variants=variants, min_similarity=min_similarity, symmetric=symmetric
-    )
-    finalize_fn = functools.partial(
-        finalize_rows, positives_in_denominator=positives_in_denominator, variants=variants
-    )
-    params = as_varying({"scale": jnp.asarray(scale, jnp.float32)}, axis_name)
-    row_losses, key_losses, metric_totals = ring_row_losses(
-        block_fn, finalize_fn, ring_axis, chunk_size, queries, query_meta, keys, key_meta, params, positive_weight
-    )
-    return row_losses, key_losses, streamed_metrics(metric_totals, axis_name)
+    if impl == "gather" and chunk_size is None:  # dense: one whole tile, differentiated by JAX
+        rows, cols, metrics = reduce_block(block_fn, queries, query_meta, keys, key_meta, params)
+        key_losses = finalize_fn(cols, None) if jax.tree.leaves(cols) else None
+        return finalize_fn(rows, aux), key_losses, jax.lax.stop_gradient(metrics)
+    queries, params = as_varying((queries, params), axis_name)
+    return ring_row_losses(block_fn, finalize_fn, ring_axis, chunk_size, queries, query_meta, keys, key_meta, params,
+                           aux)
 
 
-def multi_view_xent(z: Array, labels: Array | None, *, scale, axis_name, impl, chunk_size, **core_options):
-    """Streamed ``softmax_xent_rows`` on the multi-view layout of ``pairs.multi_view_pairs`` (cosine)."""
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def reduce_rows(rows: dict, reduction: str, axis_name: str | None):
+    """``reduction='mean'``: the global mean of ``rows['loss']``; ``'none'``: the per-row dict itself."""
+    return global_mean(rows["loss"], axis_name) if reduction == "mean" else rows
+
+
+# ----------------------------------------------------------------------------------------- softmax entry points
+def softmax_xent(queries, query_meta, keys, key_meta, params, *, axis_name, impl, chunk_size,
+                 positives_in_denominator=True, variants: Variants = PLAIN, min_similarity=-1.0, positive_weight=None,
+                 symmetric=False):
+    """Per-anchor ``core.finalize_rows`` dicts of the queries (and of the keys, with ``symmetric``) and the
+    global metrics, on the (resolved) path ``impl`` / ``chunk_size``."""
+    block_fn = functools.partial(softmax_block_terms, variants=variants, min_similarity=min_similarity,
+                                 symmetric=symmetric)
+    finalize_fn = functools.partial(finalize_rows, positives_in_denominator=positives_in_denominator,
+                                    variants=variants)
+    rows, key_rows, metric_totals = block_row_losses(
+        block_fn, finalize_fn, queries, query_meta, keys, key_meta, params, positive_weight,
+        axis_name=axis_name, impl=impl, chunk_size=chunk_size,
+    )
+    return rows, key_rows, pair_metrics(metric_totals, axis_name)
+
+
+def multi_view_xent(z: Array, labels: Array | None, *, scale, axis_name, impl, chunk_size, **options):
+    """Per-anchor rows and metrics of the multi-view layout (NT-Xent, DCL, SupCon; cosine similarity).
+
+    ``z`` is [b, V, D]; the anchors are the V b local views in view-major order (row ``v * b + i`` is view
+    v of sample i) against the V B global views; positives are the other views of the same sample (or
+    of any sample with the same label). ``scale``: scalar, per sample [b], per row [V b] or per pair.
+    """
     b, num_views, _ = z.shape
-    rows = jnp.swapaxes(l2_normalize(z), 0, 1).reshape(b * num_views, -1)  # view-major, like the dense path
+    params, row_scale = split_scale(scale, b, num_views)
+    impl, chunk_size, _ = resolve_impl(impl, chunk_size, local_rows=b * num_views, axis_name=axis_name,
+                                       variants=options.get("variants", PLAIN), scale=params.get("scale", 1.0))
+    rows = (jnp.swapaxes(l2_normalize(z), 0, 1).reshape(b * num_views, -1), row_scale)
     meta = multi_view_meta(b, num_views, labels, axis_name)
-    row_losses, _, metrics = streamed_softmax_xent(
-        rows, meta, rows, meta, scale=scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size, **core_options
-    )
+    row_losses, _, metrics = softmax_xent(rows, meta, rows, meta, params, axis_name=axis_name, impl=impl,
+                                          chunk_size=chunk_size, **options)
     return row_losses, metrics
 
 
-def cross_modal_xent(queries: Array, keys: Array, *, scale, axis_name, impl, chunk_size, **core_options):
-    """Streamed ``softmax_xent_rows`` on the cross-modal layout of ``pairs.cross_modal_pairs``.
+def cross_modal_xent(queries: Array, keys: Array, *, scale, axis_name, impl, chunk_size, **options):
+    """(query rows, key rows, metrics) of the cross-modal layout: both directions of CLIP-like losses.
 
-    Returns (query losses, key losses or None, metrics); pass ``symmetric=True`` for the key losses.
+    The positive of local query i is the key of the same global index; the keys are anchors of the other
+    direction. ``scale``: scalar, per pair index [b] (pair i's scale in both directions) or per pair.
+    Metrics are the query->key ones (the pair similarities are the same in both directions).
     """
     b = queries.shape[0]
-    return streamed_softmax_xent(
-        queries,
-        cross_modal_meta(b, 0, axis_name),
-        keys,
-        cross_modal_meta(b, 1, axis_name),
-        scale=scale,
-        axis_name=axis_name,
-        impl=impl,
-        chunk_size=chunk_size,
-        **core_options,
-    )
+    params, row_scale = split_scale(scale, b)
+    impl, chunk_size, _ = resolve_impl(impl, chunk_size, local_rows=b, axis_name=axis_name,
+                                       variants=options.get("variants", PLAIN), scale=params.get("scale", 1.0))
+    q = ((queries, row_scale), cross_modal_meta(b, 0, axis_name))
+    k = ((keys, row_scale), cross_modal_meta(b, 1, axis_name))
+    stream = functools.partial(softmax_xent, params=params, axis_name=axis_name, impl=impl, chunk_size=chunk_size,
+                               **options)
+    whole_rows = options.get("variants", PLAIN).hardest_negatives is not None  # a top-k per row, not per column
+    if (impl == "ring" or axis_name is None) and jnp.ndim(params.get("scale", 1.0)) == 0 and not whole_rows:
+        return stream(*q, *k, symmetric=True)  # both directions from the same tiles of logits
+    # Gathered keys (a key's totals would need every device's queries), a per-pair scale or top-k: one pass each.
+    query_rows, _, metrics = stream(*q, *k)
+    key_rows, _, _ = stream(*k, *q)
+    return query_rows, key_rows, metrics

@@ -20,15 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from contrastive.losses.core import (
-    check_positive,
-    check_rank,
-    global_mean,
-    pair_metrics,
-    softmax_xent_rows,
-)
-from contrastive.losses.pairs import multi_view_pairs
-from contrastive.losses.streamed import multi_view_xent, resolve_impl
+from contrastive.losses.core import check_positive, check_rank
+from contrastive.losses.streamed import check_reduction, multi_view_xent, reduce_rows
 
 Array = jax.Array
 
@@ -41,18 +34,18 @@ def supcon(
     axis_name: str | None = None,
     impl: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[Array, dict[str, Array]]:
+    reduction: str = "mean",
+):
     """SupCon L_out of the global batch, mean over the N * V anchor views.
 
     Args:
       z: [b, V, D] this device's embeddings, V views per sample (cosine similarity, float32).
       labels: [b] integer class labels of this device's samples.
-      temperature: tau > 0; similarities are divided by it.
+      temperature: tau > 0; similarities are divided by it: a scalar, one per sample [b] or one per
+        anchor row [V b] (view-major: row ``v * b + i`` is view v of sample i).
       axis_name: mesh axis the batch is sharded over inside ``jax.shard_map``, or None.
-      impl, chunk_size: "auto" (default), "gather" (reference) or "ring" (ppermute ring, online
-        log-sum-exp), and an optional tile size; see ``nt_xent`` and ``contrastive.losses.streamed``.
-        "auto" picks dense "gather" below 4,096 global rows (here N V), else "ring" when sharded
-        or tiles of up to 512 rows on one device (``streamed.auto_impl``).
+      impl, chunk_size, reduction: as in ``nt_xent`` ("auto" by ``streamed.auto_impl``, here on N V
+        rows; "none" gives the per-anchor ``l_i`` and ``log D_i``, [V b] view-major).
 
     Returns:
       (loss, metrics) with ``pos_sim`` / ``neg_sim`` (mean cosine of same-label / different-label
@@ -67,15 +60,8 @@ def supcon(
         )
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
-    scale = 1.0 / jnp.asarray(temperature)
-    rows = z.shape[0] * z.shape[1]
-    impl, chunk_size, streamed = resolve_impl(impl, chunk_size, local_rows=rows, axis_name=axis_name, scale=scale)
-    if streamed:
-        per_anchor, metrics = multi_view_xent(
-            z, labels, scale=scale, axis_name=axis_name, impl=impl, chunk_size=chunk_size
-        )
-        return global_mean(per_anchor, axis_name), metrics
-    sim, self_mask, positive_mask = multi_view_pairs(z, labels, axis_name)
-    per_anchor = softmax_xent_rows(sim, positive_mask, ~(self_mask | positive_mask), scale=scale)
-    metrics = pair_metrics(sim, positive_mask, ~self_mask, axis_name)
-    return global_mean(per_anchor, axis_name), metrics
+    check_reduction(reduction)
+    rows, metrics = multi_view_xent(
+        z, labels, scale=1.0 / jnp.asarray(temperature), axis_name=axis_name, impl=impl, chunk_size=chunk_size
+    )
+    return reduce_rows(rows, reduction, axis_name), metrics

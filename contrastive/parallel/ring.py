@@ -67,11 +67,14 @@ def ring_row_losses(block_fn, finalize_fn, axis_name, chunk_size, queries, query
       block_fn: ``(q, q_meta, k, k_meta, params) -> (row_terms, col_terms, metric_terms)`` for one tile
         (see ``contrastive.parallel.tiled``); it must not depend on where the tile sits. ``col_terms``
         may be empty; when it is not, the keys get losses too (the other direction of CLIP).
-      finalize_fn: ``(loss_totals, aux) -> [rows]`` per-row (or per-key, with ``aux=None``) losses.
+      finalize_fn: ``(loss_totals, aux) -> [rows]`` per-row (or per-key, with ``aux=None``) losses, or a
+        dict of such arrays (e.g. the loss and the log-denominator of each row).
       axis_name: mesh axis of the ring (inside ``jax.shard_map``), or None for one block.
       chunk_size: tile size within a block, or None for whole blocks.
-      queries, query_meta: this device's rows (float [r, d]) and their metadata (pytree of [r] ints).
-      keys, key_meta: this device's key block; it visits every device and comes back.
+      queries, query_meta: this device's rows (a pytree of float [r, ...] arrays: embeddings, and e.g. a
+        per-row logit scale, differentiated) and their metadata (pytree of [r] ints).
+      keys, key_meta: this device's key block (the same kinds of pytrees); it visits every device and
+        comes back.
       params: pytree of float scalars (e.g. the logit scale); varying over ``axis_name``.
       aux: per-row constants for ``finalize_fn`` (e.g. DCLW weights), or None.
 

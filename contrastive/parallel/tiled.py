@@ -136,7 +136,7 @@ def tiled_totals(block_fn, queries, query_meta, keys, key_meta, params, chunk_si
     first = lambda tree: jax.tree.map(lambda x: x[0], tree)
     structure = jax.eval_shape(lambda: reduce_block(block_fn, *first(row_tiles), *first(col_tiles), params))
     row_init, col_init, metric_init = match_varying(empty_totals_tree(structure), queries)
-    num_col_tiles = col_tiles[0].shape[0]
+    num_col_tiles = num_rows(col_tiles)
     col_init = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_col_tiles,) + x.shape), col_init)
 
     def one_row_tile(col_totals, row):

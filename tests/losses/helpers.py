@@ -7,8 +7,11 @@ same compiled ``value_and_grad`` (same shapes; hyper-parameters are traced argum
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from contrastive.losses.core import l2_normalize, similarity
+from contrastive.losses.streamed import multi_view_meta, pair_masks
 from contrastive.testing import (  # noqa: F401 - re-exported for the loss tests
     assert_finite,
     assert_trees_close,
@@ -42,6 +45,17 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 def np_logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
     m = np.max(x, axis=axis, keepdims=True)
     return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
+
+
+def multi_view_pairs(z, labels, axis_name=None):
+    """The dense block the softmax engine sees for a multi-view batch on one device: cosine similarities
+    of the view-major rows [V b, V b], with self and positive masks."""
+    assert axis_name is None, "one device only"
+    b, num_views, _ = z.shape
+    rows = jnp.swapaxes(l2_normalize(z), 0, 1).reshape(b * num_views, -1)
+    meta = multi_view_meta(b, num_views, labels, None)
+    positive, negative = pair_masks(meta, meta)
+    return similarity(rows, rows), ~(positive | negative), positive
 
 
 def assert_distributed_equivalent(loss_fn, args, num_diff, static=None, rtol=1e-5, **hparams):

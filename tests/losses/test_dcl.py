@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from contrastive.losses import dcl
 from contrastive.losses.core import softmax_xent_rows
 from contrastive.losses.dcl import dclw_weight
-from contrastive.losses.pairs import multi_view_pairs
 from tests.losses.helpers import (
     D,
     N,
@@ -18,6 +17,7 @@ from tests.losses.helpers import (
     assert_distributed_equivalent,
     assert_finite,
     finite_difference_grad,
+    multi_view_pairs,
     np_logsumexp,
     np_normalize,
     random_embeddings,

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from contrastive.losses import nt_xent, supcon
 from contrastive.losses.core import softmax_xent_rows
-from contrastive.losses.pairs import multi_view_pairs
 from tests.losses.helpers import (
     D,
     N,
@@ -17,6 +16,7 @@ from tests.losses.helpers import (
     assert_distributed_equivalent,
     assert_finite,
     finite_difference_grad,
+    multi_view_pairs,
     np_logsumexp,
     np_normalize,
     random_embeddings,

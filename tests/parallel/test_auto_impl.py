@@ -36,7 +36,7 @@ def test_auto_rule(local_rows, axis_size, sharded, expected):
     assert auto_impl(local_rows, axis_size, sharded=sharded) == expected
 
 
-@pytest.mark.parametrize("kwargs", [{"whole_rows": True}, {"scalar_scale": False}])
+@pytest.mark.parametrize("kwargs", [{"whole_rows": True}, {"pair_scale": True}])
 @pytest.mark.parametrize("sharded", [False, True])
 def test_auto_rule_needs_dense_rows(kwargs, sharded):
     assert auto_impl(16384, 8 if sharded else 1, sharded=sharded, **kwargs) == ("gather", None)

@@ -15,8 +15,7 @@ def reference(name):
 
 
 FAST = ("clip", "nt_xent")  # the other cases share their code path; they compile in ~5 s each
-SOFTMAX = sorted(set(CASES) - {"siglip"})  # siglip has its own ring (tests/losses/test_siglip.py)
-ALL_CASES = [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in SOFTMAX]
+ALL_CASES = [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CASES)]
 
 
 @pytest.mark.parametrize("name", ALL_CASES)
