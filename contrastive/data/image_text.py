@@ -1,15 +1,9 @@
 """Image-text examples for the dual encoder: captions tokenized, images resized, every field a fixed shape.
 
-Datasets by name (`config.data.name`):
+The datasets (`config.data.name`) are the `image_text` specs of `contrastive.data.datasets`: the bundled
+offline `digits_captions`, TFDS `coco_captions` and `ref_coco`, or any a user registers.
 
-* `digits_captions`: the bundled offline set (`contrastive.data.captions`), prepared on first use.
-* `coco_captions`: TFDS MS-COCO with its 5-7 human captions per image (`captions/text`). TFDS's builder
-  for it needs TensorFlow to be constructed (its `_info` uses `tf.int64`), so it works only where
-  TensorFlow is installed and the dataset is prepared in array_record form.
-* `ref_coco`: TFDS RefCOCO, COCO images with referring expressions; the expressions of all the image's
-  objects are its captions. Its builder works without TensorFlow, so `tfds.testing.mock_data` tests it.
-
-A `CaptionedSource` turns a TFDS example into {image [H, W, C] uint8, label, index, tokens [K, L] int32,
+A `CaptionedSource` turns a raw example into {image [H, W, C] uint8, label, index, tokens [K, L] int32,
 num_captions}: the first K = `max_captions` captions, tokenized, with PAD rows after the last one, so a
 batch is a plain array whatever each image's caption count. The train step draws one of the
 `num_captions` real captions per image and step.
@@ -19,47 +13,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from contrastive.data import captions as digits_captions
+from contrastive.data import datasets
 from contrastive.data.tokenizer import PAD_ID, WordTokenizer
 
-DATASETS = ("digits_captions", "coco_captions", "ref_coco")
 KEYS = ("image", "label", "index", "tokens", "num_captions")
-# Class names for zero-shot classification, in label order; datasets without them skip zero-shot.
-CLASSNAMES = {"digits_captions": digits_captions.DIGIT_WORDS}
+
+
+def spec(name: str) -> datasets.DatasetSpec:
+    """The image-text spec of `name`; ValueError naming the choices for any other name."""
+    found = datasets.DATASETS.get(name)
+    if found is None or found.family != "image_text":
+        raise ValueError(f"data.name={name!r} is not an image-text dataset; choose one of "
+                         f"{', '.join(datasets.names('image_text'))}")
+    return found
 
 
 def check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"data.name={name!r} is not an image-text dataset; choose one of {', '.join(DATASETS)}")
+    spec(name)
 
 
 def tfds_source(name: str, split: str, data_dir: str):
-    """Random-access TFDS source of raw examples."""
-    check_name(name)
-    if name == "digits_captions":
-        return digits_captions.digits_captions_builder(data_dir).as_data_source(split=split)
-    import tensorflow_datasets as tfds
-
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    """Random-access source of raw examples."""
+    return spec(name).source(split, data_dir)
 
 
 def captions_of(name: str, example: dict) -> list:
     """The caption texts (str or bytes) of one raw example."""
-    if name == "digits_captions":
-        return list(example["captions"])
-    if name == "coco_captions":
-        return list(example["captions"]["text"])
-    if name == "ref_coco":
-        return list(np.asarray(example["objects"]["refexp"]["raw"]).reshape(-1))
-    raise ValueError(f"no caption field known for {name!r}")
+    return spec(name).captions(example)
 
 
 def label_of(name: str, example: dict) -> int:
     """The class label (digits), or the first object's category (COCO sets; -1 without objects)."""
-    if name == "digits_captions":
-        return int(example["label"])
-    labels = np.asarray(example["objects"]["label"]).reshape(-1)
-    return int(labels[0]) if labels.size else -1
+    return spec(name).label(example)
+
+
+def classnames(name: str) -> tuple | None:
+    """Class names in label order for zero-shot classification, or None (the labels are not classes)."""
+    return spec(name).classnames
 
 
 def resize(image: np.ndarray, size) -> np.ndarray:

@@ -19,27 +19,21 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from contrastive.data import digits
+from contrastive.data import datasets
 
 Batch = dict[str, np.ndarray]
 
 
 def data_source(name: str, split: str, data_dir: str):
-    """A random-access source of examples (dicts of NumPy arrays) for a TFDS dataset.
-
-    `digits` is prepared from scikit-learn on first use; other names go to `tfds.data_source`, which
-    needs the dataset prepared in array_record format under `data_dir`.
-    """
-    if name == "digits":
-        return digits.digits_builder(data_dir).as_data_source(split=split)
-    import tensorflow_datasets as tfds
-
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    """A random-access source of examples (dicts of NumPy arrays) of split `split` of dataset `name`
+    (`contrastive.data.datasets`: `digits` is prepared from scikit-learn on first use; a TFDS name needs
+    the dataset prepared in array_record format under `data_dir`)."""
+    return datasets.get_dataset(name).source(split, data_dir)
 
 
 def max_pixel_value(name: str) -> float:
     """The largest pixel value of a dataset's stored images: 16 for the digits sets, 255 for 8-bit images."""
-    return float(digits.MAX_INTENSITY) if name in ("digits", "digits_captions") else 255.0
+    return datasets.get_dataset(name).pixel_max
 
 
 def read_all(source, keys: tuple[str, ...] = ("image", "label", "index")) -> Batch:

@@ -47,7 +47,7 @@ def check(config, augment) -> None:
 
 def zero_shot_prompts(config) -> list[str]:
     """The prompts of the `zero_shot` evaluator (they join the tokenizer's vocabulary)."""
-    names = image_text.CLASSNAMES.get(config.data.name, ())
+    names = image_text.classnames(config.data.name) or ()
     templates = config.evals.zero_shot.templates if "zero_shot" in config.evals else ()
     return [t.replace(CLASS_SLOT, n) for n in names for t in templates]
 
@@ -130,7 +130,7 @@ def build(config, setup, built_cls):
             train=split_arrays(config.data.train_split), load_test=lambda: split_arrays(config.data.test_split),
             build_model=lambda: build_dual_encoder(config.model, image_shape, tokenizer.vocab_size, seed=config.seed,
                                                    with_bias=IMAGE_TEXT_LOSSES[config.loss.name]),
-            encode=encode, embed=embed, tokenizer=tokenizer, classnames=image_text.CLASSNAMES.get(config.data.name))
+            encode=encode, embed=embed, tokenizer=tokenizer, classnames=image_text.classnames(config.data.name))
 
     return built_cls(train_source=train_source, keys=("image", "tokens", "num_captions"), graphdef=graphdef,
                      state=state, train_step=step, eval_context=eval_context)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from contrastive import checks
 from contrastive.data import pipeline
 from contrastive.data.augment import AugmentConfig
-from contrastive.data.image_text import DATASETS as IMAGE_TEXT_DATASETS
+from contrastive.data.datasets import get_dataset
 from contrastive.methods import Context, Method
 from contrastive.models.dual import lock_image_tower
 from contrastive.models.encoders import build_model, mixing_modules
@@ -115,7 +115,7 @@ def check_config(config) -> Setup:
         if config.model.lit.lock_image:
             tx = lock_image_tower(tx)
     else:
-        if config.data.name in IMAGE_TEXT_DATASETS:
+        if get_dataset(config.data.name).family == "image_text":
             raise ConfigError(f"data.name={config.data.name!r} is image-text data, but loss.name="
                               f"{config.loss.name!r} is a view-based loss; use one of clip, siglip, infoloob")
         method = view_method(config.loss.name)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from contrastive import methods
-from contrastive.train import evaluators
 from contrastive.losses.core import gather_rows, global_sum, l2_normalize, num_devices, row_offset
+from contrastive.train import evaluators
 from contrastive.train.config import ConfigError
 from contrastive.train.metrics_writer import read_metrics
 from contrastive.train.runner import train_and_evaluate
@@ -123,3 +123,34 @@ def test_an_evals_entry_is_checked_before_the_workdir(toy_evaluator, tiny_config
     with pytest.raises(ConfigError, match=message):
         train_and_evaluate(config, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.fixture
+def toy_dataset():
+    """Two classes of 8x8 RGB images (bright top half or bright bottom half, plus noise), 8-bit pixels."""
+    from contrastive.data import datasets
+    from contrastive.data.pipeline import InMemorySource
+
+    def source(split, data_dir):
+        rng = np.random.default_rng(0 if split == "train" else 1)
+        n = 128 if split == "train" else 64
+        label = np.arange(n) % 2
+        image = rng.integers(0, 60, (n, 8, 8, 3))
+        image[label == 0, :4] += 180
+        image[label == 1, 4:] += 180
+        return InMemorySource({"image": image.astype(np.uint8), "label": label.astype(np.int64),
+                               "index": np.arange(n)})
+
+    spec = datasets.register_dataset(datasets.DatasetSpec("toy_halves", source, classnames=("top", "bottom")))
+    yield spec
+    del datasets.DATASETS[spec.name]
+
+
+@pytest.mark.slow
+def test_a_dataset_registered_here_trains_and_evaluates_through_the_runner(toy_dataset, tiny_config, tmp_path):
+    config = tiny_config(num_steps=4, batch_size=64, **{"data.name": "toy_halves", "eval.at_end": True,
+                                                        "evals.view_geometry.at_end": False})
+    result = train_and_evaluate(config, tmp_path)
+    assert result["num_train"] == 128 and result["num_test"] == 64
+    assert result["raw_pixels"]["feature_dim"] == 8 * 8 * 3 and result["raw_pixels"]["linear_probe"] == 1.0
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 4
