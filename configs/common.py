@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict()
     c.augment.num_views = 2
+    c.augment.recipe = "digits"  # per-view op lists, contrastive.data.augment.RECIPES
     c.augment.max_zoom = 0.15
     c.augment.max_rotation_deg = 15.0
     c.augment.max_shear = 0.15

@@ -4,15 +4,21 @@ Every (image, view) pair draws from its own RNG stream, `fold_in(fold_in(key, ex
 `example_id` is the example's global position in the batch. The views therefore do not depend on how the
 batch is sharded: one device and eight devices see exactly the same augmented pixels.
 
-The recipe suits small grayscale images such as the 8x8 digits, where SimCLR's colour and large crops
-would destroy the class: a random affine map (zoom, rotation, shear and translation, applied with
-bilinear sampling, `dm_pix.affine_transform`), then intensity jitter (brightness and contrast), Gaussian
-pixel noise and cutout (DeVries & Taylor, 2017). Every strength is a parameter; zero turns it off.
+A recipe (`config.augment.recipe`, one entry of `RECIPES`) is a list of op names per view: view v applies
+`recipe[v % len(recipe)]` in order, each op one entry of `OPS` (a function of its PRNG keys, the image and
+the `AugmentConfig` strengths), then clips to [0, 1]. `register_op` and `register_recipe` add one.
+
+The `digits` recipe suits small grayscale images such as the 8x8 digits, where SimCLR's colour and large
+crops would destroy the class, the same for every view: a random affine map (zoom, rotation, shear and
+translation, applied with bilinear sampling, `dm_pix.affine_transform`), then intensity jitter
+(brightness and contrast), Gaussian pixel noise and cutout (DeVries & Taylor, 2017). Every strength is a
+parameter; zero turns it off.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import dm_pix
 import jax
@@ -26,6 +32,7 @@ class AugmentConfig:
     """Strengths of each augmentation (a field at zero disables it)."""
 
     num_views: int = 2
+    recipe: str = "digits"  # a name in RECIPES
     max_zoom: float = 0.15  # scale drawn from [1 - max_zoom, 1 + max_zoom]
     max_rotation_deg: float = 15.0
     max_shear: float = 0.15
@@ -37,9 +44,9 @@ class AugmentConfig:
     cutout_prob: float = 0.5
 
     def __post_init__(self):
-        rules = {f.name: checks.NON_NEGATIVE for f in dataclasses.fields(self)}
+        rules = {f.name: checks.NON_NEGATIVE for f in dataclasses.fields(self) if f.name != "recipe"}
         rules.update(num_views=checks.AT_LEAST_ONE, max_zoom=checks.BELOW_ONE, contrast=checks.BELOW_ONE,
-                     cutout_prob=checks.PROBABILITY)
+                     cutout_prob=checks.PROBABILITY, recipe=checks.one_of(tuple(RECIPES)))
         checks.check_fields(dataclasses.asdict(self), "augment.", rules)
 
     def check_image(self, shape) -> None:
@@ -65,27 +72,71 @@ def _affine_matrix(key: jax.Array, cfg: AugmentConfig, height: int, width: int):
     return matrix, jnp.concatenate([offset, jnp.zeros(1)])
 
 
-def augment_image(key: jax.Array, image: jax.Array, cfg: AugmentConfig) -> jax.Array:
-    """One random view of one float image [H, W, C] with values in [0, 1]."""
-    height, width, _ = image.shape
-    k_affine, k_bright, k_contrast, k_noise, k_cut_pos, k_cut_on = jax.random.split(key, 6)
-    matrix, offset = _affine_matrix(k_affine, cfg, height, width)
-    x = dm_pix.affine_transform(image, matrix, offset=offset, order=1, mode="constant", cval=0.0)
+def _affine(keys, x, cfg: AugmentConfig):
+    matrix, offset = _affine_matrix(keys[0], cfg, *x.shape[:2])
+    return dm_pix.affine_transform(x, matrix, offset=offset, order=1, mode="constant", cval=0.0)
 
-    brightness = jax.random.uniform(k_bright, (), minval=-cfg.brightness, maxval=cfg.brightness)
-    contrast = 1.0 + jax.random.uniform(k_contrast, (), minval=-cfg.contrast, maxval=cfg.contrast)
+
+def _intensity(keys, x, cfg: AugmentConfig):
+    brightness = jax.random.uniform(keys[0], (), minval=-cfg.brightness, maxval=cfg.brightness)
+    contrast = 1.0 + jax.random.uniform(keys[1], (), minval=-cfg.contrast, maxval=cfg.contrast)
     mean = x.mean()
-    x = (x - mean) * contrast + mean + brightness
-    x = x + cfg.noise_std * jax.random.normal(k_noise, x.shape)
+    return (x - mean) * contrast + mean + brightness
 
-    if cfg.cutout_size > 0 and cfg.cutout_prob > 0:
-        corner = jax.random.randint(k_cut_pos, (2,), 0, jnp.array([height, width]))
-        rows = jnp.arange(height)[:, None, None]
-        cols = jnp.arange(width)[None, :, None]
-        inside = ((rows >= corner[0]) & (rows < corner[0] + cfg.cutout_size)
-                  & (cols >= corner[1]) & (cols < corner[1] + cfg.cutout_size))
-        cut = inside & jax.random.bernoulli(k_cut_on, cfg.cutout_prob)
-        x = jnp.where(cut, 0.0, x)
+
+def _noise(keys, x, cfg: AugmentConfig):
+    return x + cfg.noise_std * jax.random.normal(keys[0], x.shape)
+
+
+def _cutout(keys, x, cfg: AugmentConfig):
+    if cfg.cutout_size <= 0 or cfg.cutout_prob <= 0:
+        return x
+    height, width, _ = x.shape
+    corner = jax.random.randint(keys[0], (2,), 0, jnp.array([height, width]))
+    rows = jnp.arange(height)[:, None, None]
+    cols = jnp.arange(width)[None, :, None]
+    inside = ((rows >= corner[0]) & (rows < corner[0] + cfg.cutout_size)
+              & (cols >= corner[1]) & (cols < corner[1] + cfg.cutout_size))
+    return jnp.where(inside & jax.random.bernoulli(keys[1], cfg.cutout_prob), 0.0, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """`fn(keys, image, cfg) -> image` on one float image [H, W, C], with `num_keys` PRNG keys of its own."""
+
+    fn: Callable
+    num_keys: int = 1
+
+
+OPS: dict[str, Op] = {"affine": Op(_affine), "intensity": Op(_intensity, 2), "noise": Op(_noise),
+                      "cutout": Op(_cutout, 2)}
+RECIPES: dict[str, tuple[tuple[str, ...], ...]] = {"digits": (("affine", "intensity", "noise", "cutout"),)}
+
+
+def register_op(name: str, fn: Callable, num_keys: int = 1) -> None:
+    OPS[name] = Op(fn, num_keys)
+
+
+def register_recipe(name: str, views) -> None:
+    """`views`: one list of op names per view (view v uses `views[v % len(views)]`)."""
+    views = tuple(tuple(ops) for ops in views)
+    unknown = sorted({op for ops in views for op in ops} - set(OPS))
+    if not views or unknown:
+        raise ValueError(f"recipe {name!r} needs at least one view's ops, each one of {', '.join(OPS)}"
+                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    RECIPES[name] = views
+
+
+def augment_image(key: jax.Array, image: jax.Array, cfg: AugmentConfig, ops=None) -> jax.Array:
+    """One random view of one float image [H, W, C] with values in [0, 1]: `ops` (default: the recipe's
+    first view's) in order, each with its own keys of `jax.random.split(key, total keys)`, then clipped."""
+    ops = RECIPES[cfg.recipe][0] if ops is None else ops
+    keys = jax.random.split(key, sum(OPS[op].num_keys for op in ops))
+    x, used = image, 0
+    for name in ops:
+        op = OPS[name]
+        x = op.fn(keys[used:used + op.num_keys], x, cfg)
+        used += op.num_keys
     return jnp.clip(x, 0.0, 1.0)
 
 
@@ -103,11 +154,15 @@ def augment_views(key: jax.Array, images: jax.Array, example_ids: jax.Array,
         raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
     if example_ids.shape != images.shape[:1]:
         raise ValueError(f"example_ids must have shape {images.shape[:1]}, got {example_ids.shape}")
+    recipe = RECIPES[cfg.recipe]
     views = jnp.arange(cfg.num_views)
 
     def one_example(example_id, image):
         example_key = jax.random.fold_in(key, example_id)
         view_keys = jax.vmap(lambda v: jax.random.fold_in(example_key, v))(views)
-        return jax.vmap(lambda k: augment_image(k, image, cfg))(view_keys)
+        if len(recipe) == 1:  # every view the same ops: one vmapped program
+            return jax.vmap(lambda k: augment_image(k, image, cfg, recipe[0]))(view_keys)
+        return jnp.stack([augment_image(view_keys[v], image, cfg, recipe[v % len(recipe)])
+                          for v in range(cfg.num_views)])
 
     return jax.vmap(one_example)(example_ids, images)

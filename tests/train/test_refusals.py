@@ -26,6 +26,7 @@ BAD = {
     "data.test_split": (DEFAULT, ["no_such_split", "3"]),
     "data.in_memory": (DEFAULT, ["'yes'", "1"]),
     "augment.num_views": (DEFAULT, ["0", "1", "3", "'x'"]),
+    "augment.recipe": (DEFAULT, ["simclr_typo", "3"]),
     "augment.max_zoom": (DEFAULT, ["-0.1", "1.0", "'x'"]),
     "augment.max_rotation_deg": (DEFAULT, ["-1.0", "'x'"]),
     "augment.max_shear": (DEFAULT, ["-0.1", "'x'"]),
