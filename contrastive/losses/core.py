@@ -194,20 +194,22 @@ def softmax_terms(sim, scale, positive_mask, negative_mask, *, variants: Variant
     weighted = logits
     if variants.hardness_weight:
         weighted = logits + variants.hardness_weight * jax.lax.stop_gradient(sim)
+    floor = jnp.broadcast_to(min_similarity * scale, sim.shape)
     neg = negative_mask
     if variants.hardest_negatives is not None:
-        # top_k's gradient flows only to the selected (hardest) negatives, as in the hard loss.
+        # Only the k hardest columns enter the negative terms; top_k's gradient flows to those alone.
         k = min(variants.hardest_negatives, sim.shape[-1])
         _, idx = jax.lax.top_k(jnp.where(neg, jax.lax.stop_gradient(weighted), -jnp.inf), k)
-        neg = neg & jnp.zeros(sim.shape, bool).at[jnp.arange(sim.shape[0])[:, None], idx].set(True)
-    ones = jnp.ones_like(sim)
+        pick = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, sim.shape), idx, axis=-1)
+        weighted, logits, floor, neg = map(pick, (weighted, logits, floor, neg))
     lse = {"pos": (pos_logits, positive_mask), "neg": (weighted, neg)}
     if variants.hardness_concentration:
         beta = variants.hardness_concentration
         lse |= {"concentrated": (weighted + beta * logits, neg), "beta": (beta * logits, neg)}
     if variants.false_negative_prior:
-        lse["floor"] = (jnp.broadcast_to(min_similarity * scale, sim.shape), neg)
-    sums = {"pos_logit": (pos_logits, positive_mask), "num_pos": (ones, positive_mask), "num_neg": (ones, neg)}
+        lse["floor"] = (floor, neg)
+    ones = jnp.ones_like(sim)
+    sums = {"pos_logit": (pos_logits, positive_mask), "num_pos": (ones, positive_mask), "num_neg": (jnp.ones(neg.shape), neg)}
     return {LSE: lse, SUM: sums}
 
 
