@@ -208,8 +208,11 @@ def softmax_terms(sim, scale, positive_mask, negative_mask, *, variants: Variant
         lse |= {"concentrated": (weighted + beta * logits, neg), "beta": (beta * logits, neg)}
     if variants.false_negative_prior:
         lse["floor"] = (floor, neg)
-    ones = jnp.ones_like(sim)
-    sums = {"pos_logit": (pos_logits, positive_mask), "num_pos": (ones, positive_mask), "num_neg": (jnp.ones(neg.shape), neg)}
+    sums = {
+        "pos_logit": (pos_logits, positive_mask),
+        "num_pos": (jnp.ones(sim.shape), positive_mask),
+        "num_neg": (jnp.ones(neg.shape), neg),
+    }
     return {LSE: lse, SUM: sums}
 
 

@@ -49,7 +49,7 @@ Array = jax.Array
 IMPLS = ("auto", "gather", "ring")
 REDUCTIONS = ("mean", "none")
 
-# impl='auto' (the default of the softmax losses) at trace time, from static shapes. Measured in
+# impl='auto' (the default of every loss on these paths) at trace time, from static shapes. Measured in
 # experiments/results/loss_memory.md (CLIP forward + backward, 2 shared CPU cores, tiles of 512, one run of
 # the full sweep): from B = 4,096 global candidate rows on, the streamed paths are 1.7-3.8x faster than
 # gather on 1 and 8 devices, d = 128 and 512 (e.g. 8 devices, d = 128: 0.608 s gather vs 0.268 s ring at
@@ -123,7 +123,7 @@ def check_impl(impl: str, chunk_size, variants: Variants = PLAIN, scale=1.0) -> 
 def resolve_impl(
     impl: str, chunk_size, *, local_rows: int, axis_name: str | None, variants: Variants = PLAIN, scale=1.0
 ) -> tuple[str, int | None, bool]:
-    """(impl, chunk_size, streamed) of a softmax loss, validated; resolves ``impl='auto'`` (trace time).
+    """(impl, chunk_size, streamed) of a loss, validated; resolves ``impl='auto'`` (trace time).
 
     ``'gather'`` and ``'ring'`` are returned as given. ``'auto'`` picks the impl by :func:`auto_impl`
     from ``local_rows``, the axis size, ``variants`` and the shape of ``scale``; an explicit

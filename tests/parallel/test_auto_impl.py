@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrastive.losses import clip, nt_xent, streamed, supcon
+from contrastive.losses import clip, nt_xent, siglip, streamed, supcon
 from contrastive.losses.core import Variants
 from contrastive.losses.streamed import auto_chunk_size, auto_impl, resolve_impl
 from tests.losses.helpers import assert_trees_close, data_mesh, random_embeddings, unit_rows, value_and_grad
@@ -73,9 +73,14 @@ def _jaxpr(loss, *shapes, distributed, **kw):
     return str(jax.make_jaxpr(f)(*args))
 
 
+IMAGE_TEXT = {"clip": (clip, {"logit_scale": 5.0}), "siglip": (siglip, {"logit_scale": 5.0, "logit_bias": -5.0})}
+
+
+@pytest.mark.parametrize("loss", sorted(IMAGE_TEXT))
 @pytest.mark.parametrize("batch, streams", [(1024, False), (4096, True)])
-def test_default_resolves_by_global_rows_when_sharded(batch, streams):
-    jaxpr = _jaxpr(clip, (batch, 16), (batch, 16), distributed=True, logit_scale=5.0)
+def test_default_resolves_by_global_rows_when_sharded(batch, streams, loss):
+    loss_fn, hparams = IMAGE_TEXT[loss]
+    jaxpr = _jaxpr(loss_fn, (batch, 16), (batch, 16), distributed=True, **hparams)
     assert ("ppermute" in jaxpr) == streams
     assert ("all_gather" in jaxpr) != streams
 
@@ -138,10 +143,12 @@ def _jaxpr_supcon(z, temperature, labels):
     return str(jax.make_jaxpr(f)(z, labels))
 
 
-def test_default_is_memory_bounded_at_large_batch():
+@pytest.mark.parametrize("loss", sorted(IMAGE_TEXT))
+def test_default_is_memory_bounded_at_large_batch(loss):
     """XLA's buffer plan for the default at B = 4,096 on one device: far below one B x B logit matrix."""
     b = 4096
     x = jax.ShapeDtypeStruct((b, 16), jnp.float32)
-    f = jax.jit(jax.grad(lambda a, c: clip(a, c, logit_scale=10.0)[0], argnums=(0, 1)))
+    loss_fn, hparams = IMAGE_TEXT[loss]
+    f = jax.jit(jax.grad(lambda a, c: loss_fn(a, c, **hparams)[0], argnums=(0, 1)))
     # tiles of 512: ~0.075 of one B x B float32 matrix; the gather path's plan is ~8 of them
     assert f.lower(x, x).compile().memory_analysis().temp_size_in_bytes < 0.1 * b * b * 4
