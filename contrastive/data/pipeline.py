@@ -123,12 +123,19 @@ class GlobalBatches:
         return out
 
     def local_batch(self, step: int) -> Batch:
-        """This process's rows of global batch `step`, as NumPy arrays."""
+        """This process's rows of global batch `step`, as NumPy arrays. Its `index` is each example's
+        position in the source, 0 .. len(source) - 1 (the row of a per-sample state table), whatever
+        index field the dataset stores."""
         idx = self.example_indices(step)
+        keys = [k for k in self._keys if k != "index"]
         if isinstance(self.source, InMemorySource):
-            return {k: self.source.arrays[k][idx] for k in self._keys}
-        rows = [self.source[int(i)] for i in idx]
-        return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in self._keys}
+            out = {k: self.source.arrays[k][idx] for k in keys}
+        else:
+            rows = [self.source[int(i)] for i in idx]
+            out = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in keys}
+        if "index" in self._keys:
+            out["index"] = idx.astype(np.int32)
+        return {k: out[k] for k in self._keys}
 
     def to_global(self, local: Batch) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in local.items()}

@@ -14,6 +14,12 @@ call these and name no method:
   what `update_state` writes back.
 * `update_state(ctx, state, out, params, step) -> (state, metrics)`: after the optimizer update, e.g. the
   EMA step of the target, the queue write, the correlation update.
+* `per_sample_tables(model, config) -> {name: (row shape, dtype, fill)}`: per-sample state (e.g. SogCLR's
+  running estimate of each anchor's negative mass). The step keeps each as `state["per_sample"][name]`,
+  one row per training example (row i: the example at position i of the train split, `batch["index"]`),
+  sharded over the devices by rows and checkpointed with the rest; `forward` reads the batch's rows with
+  `read_rows` and `update_state` writes them back with `write_rows`. Rows are padded to a multiple of
+  `TABLE_ROW_MULTIPLE`, so a checkpoint restores on any device count that divides it.
 
 `ctx` (`Context`) carries the config, the mesh and the loss with its config keywords bound.
 """
@@ -31,6 +37,7 @@ from contrastive.train import momentum
 from contrastive.train.config import ConfigError, loss_keywords
 
 ROWS, SAME = P("data"), P()
+TABLE_ROW_MULTIPLE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +46,7 @@ class Needs:
 
     views: int | None = 2  # augmented views per example; None: any number >= 2
     labels: bool = False  # batch["label"] reaches the loss (SupCon)
-    index: bool = False  # batch["index"], the dataset position of each row (per-sample state)
+    index: bool = False  # batch["index"], each row's position in the train split (per-sample state)
     target: bool = False  # an EMA target network
     predictor: bool = False  # a predictor on the online projections (an MLP or DirectPred's closed form)
     queue: bool = False  # a queue of past keys
@@ -64,6 +71,21 @@ def flatten_views(views: jax.Array) -> jax.Array:
 
 def per_view(z: jax.Array, batch: int) -> jax.Array:
     return z.reshape(batch, -1, z.shape[-1])
+
+
+def table_rows(num_examples: int) -> int:
+    """Rows of a per-sample table: `num_examples` padded to a multiple of TABLE_ROW_MULTIPLE."""
+    return -(-num_examples // TABLE_ROW_MULTIPLE) * TABLE_ROW_MULTIPLE
+
+
+def read_rows(table: jax.Array, index: jax.Array) -> jax.Array:
+    """The rows of a per-sample table for the batch's examples `index` [B] (a gather across devices)."""
+    return table[index]
+
+
+def write_rows(table: jax.Array, index: jax.Array, rows: jax.Array) -> jax.Array:
+    """`table` with rows `index` replaced by `rows` (a batch holds each example at most once)."""
+    return table.at[index].set(rows.astype(table.dtype))
 
 
 class Method:
@@ -111,6 +133,11 @@ class Method:
             raise ConfigError(f"queue_size={config.queue_size} but loss {name!r} keeps no queue; set queue_size=0")
 
     # -- state ----------------------------------------------------------------------------------
+    def per_sample_tables(self, model, config) -> dict:
+        """{name: (row shape, dtype, fill value)} of the per-sample tables; none by default."""
+        del model, config
+        return {}
+
     def init_state(self, model, params, config, rng: jax.Array) -> dict:
         """The method's state at step 0; the EMA target starts as a copy of the online parameters (copies:
         the step donates both). Subclasses add theirs to this."""

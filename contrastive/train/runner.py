@@ -16,8 +16,6 @@ import sys
 import time
 
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from contrastive import checks
@@ -35,7 +33,7 @@ from contrastive.train.config import ConfigError, flatten
 from contrastive.train.metrics_writer import MetricsWriter
 from contrastive.train.objectives import DEFAULT_NONFINITE_HINT, loss_family, make_image_text_objective, view_method
 from contrastive.train.optim import build_optimizer, learning_rate_schedule
-from contrastive.train.step import init_state, make_encode_fn, make_train_step
+from contrastive.train.step import init_state, make_encode_fn, make_train_step, state_shardings
 from contrastive.train.stop import StopRequest
 
 
@@ -184,7 +182,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                                          seed=config.seed, mesh=setup.mesh, keys=built.keys)
     except ValueError as e:
         raise ConfigError(f"config.batch_size: {e}") from None
-    state = jax.device_put(built.state, NamedSharding(setup.mesh, P()))
+    state = jax.device_put(built.state, state_shardings(built.state, setup.mesh))
     train_step = built.train_step
     _trace_step(train_step, state, batches)
     check_workdir_config(workdir, config)
@@ -243,11 +241,13 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
         raise ConfigError(str(e)) from None
     model = build_model(config.model, image_shape, seed=config.seed)
     _check_grad_cache_model(config, model)
-    graphdef, state = init_state(model, setup.tx, config.seed, method=setup.method, config=config)
+    graphdef, state = init_state(model, setup.tx, config.seed, method=setup.method, config=config,
+                                 num_examples=len(train_source))
     pixel_max = pipeline.max_pixel_value(config.data.name)
     ctx = Context(config=config, mesh=setup.mesh, loss=setup.objective)
     train_step = make_train_step(graphdef, setup.tx, setup.method, ctx, setup.augment, max_pixel_value=pixel_max,
-                                 grad_cache_chunks=config.grad_cache_chunks)
+                                 grad_cache_chunks=config.grad_cache_chunks,
+                                 state_sharding=state_shardings(state, setup.mesh))
 
     encode = make_encode_fn(graphdef)
     arrays = {}

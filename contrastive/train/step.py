@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive.data.augment import AugmentConfig, augment_views
 from contrastive.methods import Context, Method, flatten_views
+from contrastive.methods.base import table_rows
 from contrastive.parallel.gradcache import grad_cache
 
 
@@ -38,11 +39,19 @@ class TrainState:
 
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, *, method: Method | None = None,
-               config=None) -> tuple[nnx.GraphDef, TrainState]:
-    """The state at step 0; with `method` (and the `config` it reads), also its `init_state`."""
+               config=None, num_examples: int = 0) -> tuple[nnx.GraphDef, TrainState]:
+    """The state at step 0; with `method` (and the `config` it reads), also its `init_state` and its
+    per-sample tables of `table_rows(num_examples)` rows (`num_examples`: the train split's size)."""
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     rng = jax.random.PRNGKey(seed)
     method_state = method.init_state(model, params, config, rng) if method is not None else {}
+    tables = method.per_sample_tables(model, config) if method is not None else {}
+    if tables:
+        if num_examples <= 0:
+            raise ValueError(f"method {method.name!r} keeps per-sample state: init_state needs num_examples")
+        rows = table_rows(num_examples)
+        method_state["per_sample"] = {name: jnp.full((rows, *shape), fill, dtype)
+                                      for name, (shape, dtype, fill) in tables.items()}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                        opt_state=tx.init(params), rng=rng, method_state=method_state)
     return graphdef, state
@@ -53,13 +62,15 @@ def images_to_float(images: jax.Array, max_value: float) -> jax.Array:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, method: Method, ctx: Context,
-                    augment: AugmentConfig, *, max_pixel_value: float, grad_cache_chunks: int = 0):
+                    augment: AugmentConfig, *, max_pixel_value: float, grad_cache_chunks: int = 0,
+                    state_sharding=None):
     """`step(state, batch) -> (state, metrics)` of `method`, jitted, donating the old state.
 
     `batch` holds `image` [B, H, W, C] (integers up to `max_pixel_value`) and the fields the method needs
     (`label`, `index`), sharded along `data`. `metrics` are scalars: `loss`, the loss's own metrics,
     `grad_norm`, and what `method.update_state` adds (e.g. `ema_momentum`). After the optimizer update the
     step writes back the BatchNorm statistics and the method's state (`method.update_state`).
+    `state_sharding` (`state_shardings(state, mesh)`; default: all replicated) fixes the state's layout.
 
     With `grad_cache_chunks=k > 0` (methods with `grad_cache`) the gradient is computed by GradCache
     (`contrastive.parallel.grad_cache`): each device encodes its views in k sub-batches, so encoder
@@ -108,7 +119,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
         state = state.replace(model_state=model_state, method_state=method_state)
         return state, {**metrics, **more}
 
-    return _jit_step(train_step, ctx.mesh)
+    return _jit_step(train_step, ctx.mesh, state_sharding)
 
 
 def choose_captions(key: jax.Array, tokens: jax.Array, num_captions: jax.Array) -> jax.Array:
@@ -169,10 +180,22 @@ def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, value_
     return (state, metrics) if rest is None else (state, (metrics, *rest))
 
 
-def _jit_step(train_step, mesh: jax.sharding.Mesh):
-    # Fixed shardings in and out: the state stays replicated and the next call reuses the compilation.
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh):
+    """The state's shardings: replicated, but for the per-sample tables, whose rows are split over `data`."""
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(train_step, in_shardings=(replicated, rows), out_shardings=replicated, donate_argnums=0)
+    shardings = jax.tree.map(lambda _: replicated, state)
+    if "per_sample" in state.method_state:
+        tables = jax.tree.map(lambda _: rows, state.method_state["per_sample"])
+        shardings = shardings.replace(method_state={**shardings.method_state, "per_sample": tables})
+    return shardings
+
+
+def _jit_step(train_step, mesh: jax.sharding.Mesh, shardings=None):
+    # Fixed shardings in and out: the state keeps its layout and the next call reuses the compilation.
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    shardings = replicated if shardings is None else shardings
+    return jax.jit(train_step, in_shardings=(shardings, rows), out_shardings=(shardings, replicated),
+                   donate_argnums=0)
 
 
 def make_encode_fn(graphdef: nnx.GraphDef):

@@ -50,7 +50,7 @@ def registered():
 
 
 def toy_config(tiny_config, **overrides):
-    c = tiny_config(num_steps=10, **overrides)
+    c = tiny_config(**{"num_steps": 10, **overrides})
     c.loss = ml_collections.ConfigDict({"name": "toy_align_uniform", "weight": 1.0})
     c.eval.at_end = True
     return c
@@ -154,3 +154,94 @@ def test_a_dataset_registered_here_trains_and_evaluates_through_the_runner(toy_d
     assert result["num_train"] == 128 and result["num_test"] == 64
     assert result["raw_pixels"]["feature_dim"] == 8 * 8 * 3 and result["raw_pixels"]["linear_probe"] == 1.0
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 4
+
+
+class VisitLog(AlignUniform):
+    """The toy loss, plus per-sample state: how often each example was seen and its last projection."""
+
+    name = "toy_visit_log"
+    needs = methods.Needs(views=2, index=True)
+
+    def per_sample_tables(self, model, config):
+        return {"visits": ((), jnp.int32, 0), "last": ((model.projection_dim,), jnp.float32, 0.0)}
+
+    def forward(self, ctx, model, target, state, views, batch, key):
+        z = methods.per_view(model(methods.flatten_views(views)), views.shape[0])
+        apply = ctx.on_mesh(lambda z: ctx.loss(z[:, 0], z[:, 1], axis_name="data"), jax.sharding.PartitionSpec("data"))
+        seen = methods.read_rows(state["per_sample"]["visits"], batch["index"])
+        return (*apply(z), {"index": batch["index"], "visits": seen + 1, "last": jax.lax.stop_gradient(z[:, 0])})
+
+    def update_state(self, ctx, state, out, params, step):
+        tables = {name: methods.write_rows(state["per_sample"][name], out["index"], out[name])
+                  for name in ("visits", "last")}
+        return {**state, "per_sample": tables}, {"max_visits": jnp.max(tables["visits"])}
+
+
+@pytest.fixture
+def visit_log():
+    method = methods.register(VisitLog())
+    yield method
+    del methods.REGISTRY[method.name]
+
+
+def newest_tables(workdir):
+    import orbax.checkpoint as ocp
+
+    directory = (workdir / "checkpoints").absolute()
+    step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    state = ocp.StandardCheckpointer().restore(directory / str(step) / "state")
+    return {k: np.asarray(v) for k, v in state["method_state"]["per_sample"].items()}
+
+
+@pytest.mark.slow
+def test_per_sample_state_is_a_sharded_checkpointed_table_equal_on_one_and_eight_devices(visit_log, tiny_config,
+                                                                                        tmp_path):
+    """30 steps of 64 rows over the 1,352 digits: epoch 1 and part of epoch 2, so some rows are seen twice."""
+    from contrastive.data.pipeline import GlobalBatches, InMemorySource
+    from contrastive.parallel.mesh import make_mesh
+
+    def config(devices):
+        c = toy_config(tiny_config, num_steps=30, batch_size=64, num_devices=devices,
+                       **{"eval.at_end": False, "checkpoint.every_steps": 10})
+        c.loss.name = "toy_visit_log"
+        return c
+
+    for devices in (1, 8):
+        train_and_evaluate(config(devices), tmp_path / str(devices))
+    one, eight = newest_tables(tmp_path / "1"), newest_tables(tmp_path / "8")
+    assert one["visits"].shape == (1408,) and one["last"].shape == (1408, 8)  # 1,352 padded to 11 x 128
+    batches = GlobalBatches(InMemorySource({"x": np.zeros(1352)}), global_batch_size=64, seed=0, mesh=make_mesh(1),
+                            keys=("x",))
+    expected = np.bincount(np.concatenate([batches.example_indices(s) for s in range(30)]), minlength=1408)
+    np.testing.assert_array_equal(one["visits"], expected)
+    assert expected.max() == 2 and expected[:1352].min() == 1 and not expected[1352:].any()  # padding: never
+    np.testing.assert_array_equal(eight["visits"], one["visits"])
+    # The two runs' parameters agree to float round-off for about 15 steps, then drift apart (the dynamics
+    # amplify round-off): compare the rows last written at steps <= 12.
+    last_step = np.full(1408, 99)
+    for s in range(30):
+        last_step[batches.example_indices(s)] = s
+    early = last_step <= 12
+    assert early.sum() >= 4 * 64
+    np.testing.assert_allclose(eight["last"][early], one["last"][early], rtol=1e-4, atol=1e-5)
+    assert np.all(one["last"][expected == 0] == 0) and np.all(np.abs(one["last"][expected > 0]).sum(1) > 0)
+    metrics = read_metrics(tmp_path / "8" / "metrics.jsonl")
+    assert metrics[-1]["max_visits"] == 2
+
+
+def test_per_sample_tables_are_split_over_the_devices_by_rows(visit_log, tiny_config):
+    import optax
+
+    from contrastive.models.encoders import build_model
+    from contrastive.parallel.mesh import make_mesh
+    from contrastive.train.step import init_state, state_shardings
+
+    config = toy_config(tiny_config)
+    mesh = make_mesh(8)
+    _, state = init_state(build_model(config.model, (8, 8, 1), seed=0), optax.adam(1e-3), 0, method=visit_log,
+                          config=config, num_examples=1000)
+    state = jax.device_put(state, state_shardings(state, mesh))
+    table = state.method_state["per_sample"]["last"]
+    assert table.shape == (1024, 8) and table.sharding.spec == jax.sharding.PartitionSpec("data")
+    assert {s.data.shape for s in table.addressable_shards} == {(128, 8)}
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state.params))

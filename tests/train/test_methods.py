@@ -159,7 +159,7 @@ def test_one_device_equals_eight_devices(tiny_config, tmp_path, name):
     ("moco", {"loss.key": 3}, "unknown config key"),
     ("wmse", {"loss.whitening": "local"}, r"local whitening: w_size \(32\) must divide the local batch \(8 rows\)"),
     ("wmse", {"loss.w_size": 48}, r"global whitening: w_size \(48\) must divide the global batch \(64 rows"),
-    ("wmse", {"loss.w_size": 8}, r"w_size \(8\) must be larger than the embedding dimension D \(8\)"),
+    ("wmse", {"loss.w_size": 8, "loss.eps": 0.0}, r"w_size \(8\) must be larger than the embedding dimension D \(8\)"),
 ])
 def test_bad_method_configs_fail_before_compute(tiny_config, tmp_path, name, overrides, message):
     with pytest.raises(ConfigError, match=message):
