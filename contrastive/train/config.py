@@ -127,11 +127,12 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
 
 def loss_keywords(loss_fn, loss_cfg, exclude=(), internal=()) -> dict:
     """The fields of `config.loss` other than `name`, checked against the loss's keyword arguments
-    (less `exclude`, the learned ones, and `internal`, those the step passes)."""
+    (less `exclude`, the learned ones, and `internal`, those the step passes). `reduction` is not a
+    config setting: the step needs the mean loss."""
     name = loss_cfg.name
     params = inspect.signature(loss_fn).parameters
     accepted = {p for p, v in params.items() if v.kind == inspect.Parameter.KEYWORD_ONLY}
-    accepted -= {"axis_name", *exclude, *internal}
+    accepted -= {"axis_name", "reduction", *exclude, *internal}
     kwargs = {k: v for k, v in loss_cfg.items() if k != "name"}
     learned = sorted(set(kwargs) & set(exclude))
     if learned:

@@ -79,6 +79,7 @@ def _leaves(tree):
     ("siglip", {"evals.zero_shot.templates": ("a photo of {}", "a digit")},
      r"zero_shot.templates must each contain the class slot '\{\}'; these do not: \['a digit'\]"),
     ("clip", {"augment.num_views": 2}, r"augment.num_views must be 1, got 2"),
+    ("siglip", {"loss.reduction": "none"}, r"unknown config key\(s\) config.loss.reduction"),
     ("clip", {"loss.name": "supcon_typo"}, r"loss.name='supcon_typo' is not one of .*clip, siglip, infoloob"),
     ("clip", {"model.lit.init_from": "/nonexistent/run"}, r"has no checkpoints/ folder"),
 ])

@@ -157,6 +157,7 @@ def test_one_device_equals_eight_devices(tiny_config, tmp_path, name):
     ("byol", {"grad_cache_chunks": 2}, "GradCache is wired for the contrastive view-based losses only"),
     ("moco", {"augment.num_views": 3}, "needs augment.num_views=2"),
     ("moco", {"loss.key": 3}, "unknown config key"),
+    ("moco", {"loss.reduction": "none"}, r"unknown config key\(s\) config.loss.reduction"),
     ("wmse", {"loss.whitening": "local"}, r"local whitening: w_size \(32\) must divide the local batch \(8 rows\)"),
     ("wmse", {"loss.w_size": 48}, r"global whitening: w_size \(48\) must divide the global batch \(64 rows"),
     ("wmse", {"loss.w_size": 8, "loss.eps": 0.0}, r"w_size \(8\) must be larger than the embedding dimension D \(8\)"),
