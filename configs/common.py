@@ -49,15 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.name = "nt_xent"
     c.loss.temperature = 0.2
 
-    # Pieces of state some methods need (used only by the losses named).
-    c.ema = ml_collections.ConfigDict()  # byol, moco: the target network is an EMA of the online one
-    c.ema.momentum = 0.996  # at step 0; rises along a cosine to momentum_end (BYOL); equal: constant (MoCo)
-    c.ema.momentum_end = 1.0
-    c.queue_size = 0  # moco: past keys kept as negatives, a multiple of batch_size
-    c.directpred = ml_collections.ConfigDict()  # byol, simsiam: closed-form linear predictor (Tian et al.)
-    c.directpred.enabled = False  # needs model.predictor_hidden=()
-    c.directpred.rho = 0.3  # EMA rate of the correlation: F <- rho F + (1 - rho) E[f f^T]
-    c.directpred.eps = 0.1  # p_j = sqrt(lambda_j / max lambda) + eps
+    # The method's own settings (EMA momentum, queue size, ...): none for SimCLR; a method's config file
+    # sets `c.method = method_settings(name)`, the defaults its Method declares.
+    c.method = ml_collections.ConfigDict()
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adamw | lars | sgd
@@ -132,6 +126,13 @@ def image_text_config(loss_name: str) -> ml_collections.ConfigDict:
     c.evals.zero_shot.templates = CAPTION_TEMPLATES
     c.evals.probes.representations = ("learned",)  # the image tower's features
     return c
+
+
+def method_settings(name: str) -> ml_collections.ConfigDict:
+    """`config.method` for view-based method `name`: its settings at their defaults (`Method.default_settings`)."""
+    from contrastive import methods
+
+    return ml_collections.ConfigDict(methods.get(name).default_settings())
 
 
 def evals_config(*names: str) -> ml_collections.ConfigDict:

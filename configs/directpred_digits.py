@@ -11,6 +11,6 @@ from configs import byol_digits
 def get_config(arg: str | None = None):
     c = byol_digits.get_config(arg)
     c.model.predictor_hidden = ()
-    c.directpred.enabled = True
+    c.method.directpred.enabled = True
     c.num_steps = 600  # the closed-form predictor learns faster than BYOL's MLP one
     return c

@@ -19,9 +19,10 @@ from configs import common
 def get_config(arg: str | None = None):
     c = common.base_config()
     c.loss = ml_collections.ConfigDict({"name": "moco", "temperature": 0.2, "in_batch_negatives": True})
-    c.queue_size = 1024
-    c.ema.momentum = 0.99
-    c.ema.momentum_end = 0.99
+    c.method = common.method_settings("moco")
+    c.method.queue_size = 1024
+    c.method.ema.momentum = 0.99
+    c.method.ema.momentum_end = 0.99
     if arg == "mochi":
         c.loss.update({"mochi_hardest": 128, "mochi_mix": 64, "mochi_query_mix": 32})
     elif arg == "ft":

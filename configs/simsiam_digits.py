@@ -16,5 +16,6 @@ def get_config(arg: str | None = None):
     c.loss = ml_collections.ConfigDict({"name": "simsiam", "stop_gradient": True})
     c.model.head_norm = "batch"
     c.model.predictor_hidden = (32,)
+    c.method = common.method_settings("simsiam")
     c.num_steps = 1200  # twice SimCLR's: at 600 steps its kNN accuracy is below the random encoder's
     return c

@@ -22,6 +22,10 @@ call these and name no method:
   `TABLE_ROW_MULTIPLE`, so a checkpoint restores on any device count that divides it.
 
 `ctx` (`Context`) carries the config, the mesh and the loss with its config keywords bound.
+
+A method's own settings (the EMA momentum, the queue size, DirectPred's rates) live in `config.method`,
+declared with their defaults by `default_settings()` and read with `settings(config)`; a config file
+starts from `configs.common.method_settings(name)`, and a field the method does not have is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from contrastive.train.config import ConfigError, loss_keywords
 
 ROWS, SAME = P("data"), P()
 TABLE_ROW_MULTIPLE = 128
+# The EMA target's momentum: `momentum` at step 0, rising along a cosine to `momentum_end` (BYOL); equal
+# values give a constant momentum (MoCo).
+EMA_SETTINGS = {"momentum": 0.996, "momentum_end": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +80,19 @@ def per_view(z: jax.Array, batch: int) -> jax.Array:
     return z.reshape(batch, -1, z.shape[-1])
 
 
+def _merged_settings(defaults: dict, given, prefix: str, method: str) -> dict:
+    out = {}
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise ConfigError(f"config.{prefix}{unknown[0]} is not a setting of method {method!r}; its settings: {valid}")
+    for key, default in defaults.items():
+        value = given.get(key, default)
+        out[key] = _merged_settings(default, value, f"{prefix}{key}.", method) if isinstance(default, dict) else value
+    return out
+
+
 def table_rows(num_examples: int) -> int:
     """Rows of a per-sample table: `num_examples` padded to a multiple of TABLE_ROW_MULTIPLE."""
     return -(-num_examples // TABLE_ROW_MULTIPLE) * TABLE_ROW_MULTIPLE
@@ -99,6 +119,15 @@ class Method:
     nonfinite_hint: str = ""  # what to change when the loss becomes non-finite
 
     # -- config ---------------------------------------------------------------------------------
+    def default_settings(self) -> dict:
+        """The fields of `config.method` at their defaults: the EMA's for a method with a target network;
+        subclasses add theirs."""
+        return {"ema": dict(EMA_SETTINGS)} if self.needs.target else {}
+
+    def settings(self, config) -> dict:
+        """`config.method` over `default_settings()`; ConfigError for a field the method does not have."""
+        return _merged_settings(self.default_settings(), config.get("method"), "method.", self.name)
+
     def loss_kwargs(self, config) -> dict:
         """`config.loss` less `name`, checked against the loss's keyword arguments (less those the step passes)."""
         return loss_keywords(self.loss_fn, config.loss, internal=("key",) if self.needs.key else ())
@@ -114,23 +143,21 @@ class Method:
             need = self.needs.views if self.needs.views is not None else "at least 2"
             raise ConfigError(f"loss {name!r} needs augment.num_views={need}, got {num_views}")
         self.loss_kwargs(config)
-        dp, hidden = config.directpred.enabled, tuple(config.model.predictor_hidden)
+        settings = self.settings(config)
+        dp, hidden = settings.get("directpred", {}).get("enabled", False), tuple(config.model.predictor_hidden)
         if self.needs.predictor and not (hidden or dp) or (hidden and dp):
             raise ConfigError(f"loss {name!r} needs exactly one predictor: an MLP (model.predictor_hidden, e.g. "
-                              f"(128,)) or DirectPred (directpred.enabled=True); got predictor_hidden={hidden}, "
-                              f"directpred.enabled={dp}")
-        if not self.needs.predictor and (hidden or dp):
-            raise ConfigError(f"loss {name!r} has no predictor: set model.predictor_hidden=() and "
-                              "directpred.enabled=False")
-        ema = config.ema
+                              f"(128,)) or DirectPred (method.directpred.enabled=True); got predictor_hidden="
+                              f"{hidden}, method.directpred.enabled={dp}")
+        if not self.needs.predictor and hidden:
+            raise ConfigError(f"loss {name!r} has no predictor: set model.predictor_hidden=()")
         if self.needs.target:
+            ema = settings["ema"]
             try:  # the schedule's own range check, at step 0
-                momentum.ema_momentum(0, 1, ema.momentum, ema.momentum_end)
+                momentum.ema_momentum(0, 1, ema["momentum"], ema["momentum_end"])
             except ValueError as e:
-                raise ConfigError(f"config.ema: {e} (config.ema.momentum={ema.momentum}, "
-                                  f"config.ema.momentum_end={ema.momentum_end})") from None
-        if not self.needs.queue and config.queue_size:
-            raise ConfigError(f"queue_size={config.queue_size} but loss {name!r} keeps no queue; set queue_size=0")
+                raise ConfigError(f"config.method.ema: {e} (config.method.ema.momentum={ema['momentum']}, "
+                                  f"config.method.ema.momentum_end={ema['momentum_end']})") from None
 
     # -- state ----------------------------------------------------------------------------------
     def per_sample_tables(self, model, config) -> dict:
@@ -145,12 +172,12 @@ class Method:
         return {"target": jax.tree.map(jnp.copy, params)} if self.needs.target else {}
 
     def update_state(self, ctx: Context, state: dict, out: dict, params, step) -> tuple[dict, dict]:
-        """EMA step of the target (BYOL's cosine momentum schedule from ema.momentum to ema.momentum_end)."""
+        """EMA step of the target (BYOL's cosine momentum schedule from method.ema.momentum to momentum_end)."""
         del out
         if not self.needs.target:
             return state, {}
-        ema = ctx.config.ema
-        m = momentum.ema_momentum(step - 1, ctx.config.num_steps, ema.momentum, ema.momentum_end)
+        ema = self.settings(ctx.config)["ema"]
+        m = momentum.ema_momentum(step - 1, ctx.config.num_steps, ema["momentum"], ema["momentum_end"])
         return {**state, "target": momentum.ema_update(state["target"], params, m)}, {"ema_momentum": m}
 
     # -- step -----------------------------------------------------------------------------------

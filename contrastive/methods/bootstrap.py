@@ -5,7 +5,7 @@
 | byol    | Grill et al. 2020      | q(g(f(x_v)))    | EMA g(f(x_v)), no grad | 2 - 2cos(q_1, t_2) + (1<->2)|
 | simsiam | Chen & He 2021         | q(g(f(x_v)))    | stop_grad g(f(x_v))    | -(cos(p_1,z_2)+cos(p_2,z_1))/2 |
 
-The predictor is an MLP (`model.predictor_hidden`) or, with `directpred.enabled`, DirectPred's closed form
+The predictor is an MLP (`model.predictor_hidden`) or, with `method.directpred.enabled`, DirectPred's closed form
 (Tian et al. 2021): W = U diag(p) U^T from the EMA correlation F of the online projections, updated with
 this batch before W is formed; W gets no gradient, and F is the method's state.
 """
@@ -25,18 +25,22 @@ class BootstrapMethod(Method):
         self.name, self.description, self.loss_fn = name, description, loss_fn
         self.needs = Needs(views=2, target=target, predictor=True)
 
+    def default_settings(self) -> dict:
+        # DirectPred (Tian et al. 2021): F <- rho F + (1 - rho) E[f f^T]; p_j = sqrt(lambda_j / max lambda) + eps.
+        return {**super().default_settings(), "directpred": {"enabled": False, "rho": 0.3, "eps": 0.1}}
+
     def check(self, config, devices: int) -> None:
         super().check(config, devices)
-        if config.directpred.enabled:
+        dp = self.settings(config)["directpred"]
+        if dp["enabled"]:
             try:
-                checks.check_fields(config.directpred, "directpred.",
-                                    {"rho": checks.BELOW_ONE, "eps": checks.NON_NEGATIVE})
+                checks.check_fields(dp, "method.directpred.", {"rho": checks.BELOW_ONE, "eps": checks.NON_NEGATIVE})
             except ValueError as e:
                 raise ConfigError(str(e)) from None
 
     def init_state(self, model, params, config, rng):
         state = super().init_state(model, params, config, rng)
-        if config.directpred.enabled:
+        if self.settings(config)["directpred"]["enabled"]:
             state["correlation"] = directpred.init_correlation(model.projection_dim)
         return state
 
@@ -46,10 +50,10 @@ class BootstrapMethod(Method):
         size, x = views.shape[0], flatten_views(views)
         z = model(x)
         out = {}
-        dp = ctx.config.directpred
-        if dp.enabled:
-            out["correlation"] = directpred.update_correlation(state["correlation"], z, rho=dp.rho)
-            p = z @ directpred.predictor_weights(out["correlation"], eps=dp.eps)
+        dp = self.settings(ctx.config)["directpred"]
+        if dp["enabled"]:
+            out["correlation"] = directpred.update_correlation(state["correlation"], z, rho=dp["rho"])
+            p = z @ directpred.predictor_weights(out["correlation"], eps=dp["eps"])
         else:
             p = model.predict(z)
         t = target(x) if target is not None else z  # SimSiam: the loss stops the gradient into z

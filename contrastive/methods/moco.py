@@ -21,17 +21,22 @@ class MoCo(Method):
     needs = Needs(views=2, target=True, queue=True, key=True)
     loss_fn = staticmethod(losses.moco)
 
+    def default_settings(self) -> dict:
+        # queue_size: past keys kept as negatives, a multiple of the global batch size.
+        return {**super().default_settings(), "queue_size": 1024}
+
     def check(self, config, devices: int) -> None:
         super().check(config, devices)
         try:
-            momentum.check_queue_size(config.queue_size, config.batch_size)
+            momentum.check_queue_size(self.settings(config)["queue_size"], config.batch_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
     def init_state(self, model, params, config, rng):
         state = super().init_state(model, params, config, rng)
         # The queue's initial keys: a stream no other draw uses.
-        state["queue"] = momentum.init_queue(jax.random.fold_in(rng, 0x51), config.queue_size, model.projection_dim)
+        state["queue"] = momentum.init_queue(jax.random.fold_in(rng, 0x51), self.settings(config)["queue_size"],
+                                             model.projection_dim)
         return state
 
     def forward(self, ctx, model, target, state, views, batch, key):

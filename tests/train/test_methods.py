@@ -24,9 +24,9 @@ METHOD_CONFIGS = {
     "byol": ("configs/byol_digits.py", {"model.predictor_hidden": (16,)}),
     "simsiam": ("configs/simsiam_digits.py", {"model.predictor_hidden": (4,)}),
     "wmse": ("configs/wmse_digits.py", {"loss.w_size": 32, "loss.whitening": "global"}),
-    "moco": ("configs/moco_digits.py", {"queue_size": 128}),
+    "moco": ("configs/moco_digits.py", {"method.queue_size": 128}),
     # MoCHi and feature transformation together (each alone is a config of configs/moco_digits.py).
-    "moco_mochi_ft": ("configs/moco_digits.py:mochi", {"queue_size": 128, "loss.mochi_hardest": 16,
+    "moco_mochi_ft": ("configs/moco_digits.py:mochi", {"method.queue_size": 128, "loss.mochi_hardest": 16,
                                                        "loss.mochi_mix": 8, "loss.mochi_query_mix": 4,
                                                        "loss.ft_extrapolation_alpha": 2.0,
                                                        "loss.ft_interpolation_alpha": 2.0}),
@@ -35,7 +35,7 @@ METHOD_CONFIGS = {
 
 
 def method_config(tiny_config, name, **overrides):
-    path, own = METHOD_CONFIGS[name]
+    path, own = METHOD_CONFIGS.get(name, ("configs/simclr_digits.py", {}))
     return tiny_config(path, **{**own, **overrides})
 
 
@@ -85,7 +85,7 @@ def test_target_branch_gets_exactly_zero_gradient(tiny_config, name):
 
 
 def test_ema_target_follows_the_online_network(tiny_config):
-    config = method_config(tiny_config, "byol", **{"ema.momentum": 0.9, "ema.momentum_end": 0.9})
+    config = method_config(tiny_config, "byol", **{"method.ema.momentum": 0.9, "method.ema.momentum_end": 0.9})
     _, state, step, batch, *_ = built(config)
     before = jax.tree.map(np.asarray, state.params)
     state, metrics = step(state, batch)
@@ -123,9 +123,9 @@ def test_directpred_correlation_and_predictor_after_a_step(tiny_config):
     np.testing.assert_allclose(state.method_state["correlation"], expected, rtol=1e-4, atol=1e-6)
     lam, u = np.linalg.eigh(expected)
     lam = np.clip(lam, 0, None)
-    w = u @ np.diag(np.sqrt(lam / lam.max()) + config.directpred.eps) @ u.T
+    w = u @ np.diag(np.sqrt(lam / lam.max()) + config.method.directpred.eps) @ u.T
     np.testing.assert_allclose(directpred.predictor_weights(state.method_state["correlation"],
-                                                            eps=config.directpred.eps), w, atol=1e-4)
+                                                            eps=config.method.directpred.eps), w, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -149,11 +149,15 @@ def test_one_device_equals_eight_devices(tiny_config, tmp_path, name):
 
 @pytest.mark.parametrize("name,overrides,message", [
     ("byol", {"model.predictor_hidden": ()}, "needs exactly one predictor"),
-    ("byol", {"directpred.enabled": True}, "needs exactly one predictor"),
+    ("byol", {"method.directpred.enabled": True}, "needs exactly one predictor"),
     ("moco", {"model.predictor_hidden": (8,)}, "has no predictor"),
-    ("moco", {"queue_size": 100}, "queue_size=100 must be a positive multiple of the global batch size 64"),
-    ("byol", {"queue_size": 64}, "keeps no queue"),
-    ("byol", {"ema.momentum": 1.5}, "config.ema: EMA momentum must satisfy"),
+    ("moco", {"method.queue_size": 100}, "queue_size=100 must be a positive multiple of the global batch size 64"),
+    ("byol", {"method.queue_size": 64}, r"config.method.queue_size is not a setting of method 'byol'; its "
+                                         r"settings: directpred, ema"),
+    ("nt_xent", {"method.ema": {"momentum": 0.9}}, r"config.method.ema is not a setting of method 'nt_xent'; "
+                                                    r"its settings: none"),
+    ("byol", {"method.ema.momentm": 0.9}, r"config.method.ema.momentm is not a setting of method 'byol'"),
+    ("byol", {"method.ema.momentum": 1.5}, "config.method.ema: EMA momentum must satisfy"),
     ("byol", {"grad_cache_chunks": 2}, "GradCache is wired for the contrastive view-based losses only"),
     ("moco", {"augment.num_views": 3}, "needs augment.num_views=2"),
     ("moco", {"loss.key": 3}, "unknown config key"),
