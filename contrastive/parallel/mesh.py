@@ -25,7 +25,12 @@ def make_mesh(num_devices: int = 0) -> Mesh:
 
 
 def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
+    """The global batch splits evenly over the mesh's devices, and so over the processes of the job
+    (each process reads batch_size / num_processes rows and gives each of its devices an equal part)."""
     n = mesh.devices.size
+    processes = len({d.process_index for d in mesh.devices.flat})
+    where = f"{n} devices of the mesh" if processes == 1 else \
+        f"{n} devices of the mesh ({processes} processes x {n // processes} local devices)"
     if global_batch_size < 1 or global_batch_size % n:
         raise ValueError(f"batch_size={global_batch_size} (the global batch) is not divisible by the "
-                         f"{n} devices of the mesh; use a multiple of {n}")
+                         f"{where}; use a multiple of {n}")

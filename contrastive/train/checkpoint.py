@@ -35,7 +35,8 @@ def _state_defining(flat: dict) -> dict:
 def check_workdir_config(workdir: pathlib.Path, config) -> None:
     """Record the config in a new workdir, or check it matches the one that wrote the checkpoints.
 
-    Raises ConfigError naming every differing key; writes nothing in that case.
+    Raises ConfigError naming every differing key; writes nothing in that case. Every process of a job
+    checks (they all refuse alike); process 0 alone writes.
     """
     path = workdir / "config.json"
     current = flatten(config)
@@ -50,6 +51,8 @@ def check_workdir_config(workdir: pathlib.Path, config) -> None:
                               f"this run has {new.get(k, '<missing>')!r}" for k in diff)
             raise ConfigError(f"the checkpoints in {workdir} were written by an incompatible config:\n"
                               f"{lines}\nUse a new --workdir, or the config of the checkpoints.")
+    if jax.process_index() != 0:
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
@@ -57,7 +60,12 @@ def check_workdir_config(workdir: pathlib.Path, config) -> None:
 
 
 class Checkpointer:
-    """Thin layer over `ocp.CheckpointManager` with fallback on unreadable checkpoints."""
+    """Thin layer over `ocp.CheckpointManager` with fallback on unreadable checkpoints.
+
+    In a multi-process job every process calls every method (orbax saves and restores collectively: each
+    process writes its own shards, process 0 the metadata and the final rename); the workdir must be one
+    filesystem that all processes see.
+    """
 
     def __init__(self, workdir: pathlib.Path, *, every_steps: int, keep: int):
         self.directory = (workdir / "checkpoints").absolute()
@@ -107,6 +115,10 @@ class Checkpointer:
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
+        if jax.process_count() > 1:  # nobody reloads the manager before the move is done
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"contrastive_set_aside_{step}")
         return target
 
     def describe_newest(self) -> str:

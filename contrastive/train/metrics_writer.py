@@ -30,11 +30,14 @@ class MetricsWriter:
     """Appends records; on resume at step s, first drops the records of steps >= s.
 
     Those records came from a run that was killed after its last checkpoint; the resumed run recomputes
-    the same steps, so keeping both would list those steps twice.
+    the same steps, so keeping both would list those steps twice. With `enabled=False` (every process of a
+    multi-process job but process 0) it neither reads nor writes anything.
     """
 
-    def __init__(self, path: pathlib.Path, start_step: int):
-        self.path = path
+    def __init__(self, path: pathlib.Path, start_step: int, *, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         kept = [r for r in read_metrics(path) if r["step"] < start_step]
         if path.exists():
             tmp = path.with_suffix(".jsonl.tmp")
@@ -42,6 +45,8 @@ class MetricsWriter:
             tmp.replace(path)
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with WRITE_LOCK, self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")

@@ -190,16 +190,18 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
     # (3) Resume.
     restored = checkpointer.restore_latest(abstract_like(state))
+    primary = jax.process_index() == 0  # writes every file but the checkpoints, and prints
     if restored is not None:
         state, _, step = restored
+    if restored is not None and primary:
         print(f"resumed from the checkpoint at step {step} in {workdir / 'checkpoints'}", file=sys.stderr)
     start = int(state.step)
-    writer = MetricsWriter(workdir / "metrics.jsonl", start)
+    writer = MetricsWriter(workdir / "metrics.jsonl", start, enabled=primary)
     meta = {"config": flatten(config), "global_batch_size": config.batch_size}
 
     # (4) Train.
     try:
-        periodic = _PeriodicEval(setup.evals, built.eval_context, workdir / "eval_history.jsonl", start)
+        periodic = _PeriodicEval(setup.evals, built.eval_context, workdir / "eval_history.jsonl", start, primary)
         hint = setup.method.nonfinite_hint if setup.method is not None else ""
         state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic, hint)
     finally:
@@ -212,8 +214,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         return {"step": int(state.step)}
     results = evaluators.run_all(built.eval_context(state), at_end)
     results["step"] = int(state.step)
-    (workdir / "eval.json").write_text(json.dumps(results, indent=2))
-    print(evaluators.format_results(at_end, results))
+    if primary:
+        (workdir / "eval.json").write_text(json.dumps(results, indent=2))
+        print(evaluators.format_results(at_end, results))
     checkpointer.close()
     return results
 
@@ -263,7 +266,7 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
             config=config, graphdef=graphdef, state=state, family="views", pixel_max=pixel_max,
             train=split_arrays(train_source), load_test=lambda: split_arrays(test_source),
             build_model=lambda: build_model(config.model, image_shape, seed=config.seed), encode=encode,
-            workdir=workdir)
+            workdir=workdir if jax.process_index() == 0 else None)  # plots: process 0 only
 
     keys = ("image", "label", *(("index",) if setup.method.needs.index else ()))
     return Built(train_source=train_source, keys=keys, graphdef=graphdef, state=state,
@@ -274,11 +277,11 @@ class _PeriodicEval:
     """Each `config.evals` entry every its `every_steps` steps (0: never), one JSON line per step at which
     any is due in eval_history.jsonl."""
 
-    def __init__(self, evals, eval_context, path: pathlib.Path, start_step: int):
+    def __init__(self, evals, eval_context, path: pathlib.Path, start_step: int, primary: bool = True):
         self.evals = [(e, options) for e, options in evals if options["every_steps"]]
-        self.eval_context, self.path = eval_context, path
+        self.eval_context, self.path, self.primary = eval_context, path, primary
         # Evaluations after `start_step` belong to steps this run recomputes: drop them, as in metrics.jsonl.
-        self.writer = MetricsWriter(path, start_step + 1) if self.evals else None
+        self.writer = MetricsWriter(path, start_step + 1, enabled=primary) if self.evals else None
 
     def __call__(self, done: int, num_steps: int, state) -> None:
         due = [(e, options) for e, options in self.evals if done % options["every_steps"] == 0]
@@ -286,7 +289,8 @@ class _PeriodicEval:
             return
         results = {"step": done, **evaluators.run_all(self.eval_context(state), due)}
         self.writer.write(results)
-        tqdm.write(f"eval at step {done}: written to {self.path}", file=sys.stderr)
+        if self.primary:
+            tqdm.write(f"eval at step {done}: written to {self.path}", file=sys.stderr)
 
 
 def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic, hint=""):
@@ -295,7 +299,7 @@ def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, 
         return state
     schedule_lr = learning_rate_schedule(config.optimizer, num_steps)
     pending: list[tuple[int, dict]] = []
-    bar = tqdm(total=num_steps, initial=start, disable=not config.progress, unit="step",
+    bar = tqdm(total=num_steps, initial=start, disable=not config.progress or jax.process_index() != 0, unit="step",
                dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
     last_time, last_step = time.perf_counter(), start
     data = batches.iterate(start)
@@ -304,7 +308,9 @@ def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, 
             state, metrics = train_step(state, next(data))
             pending.append((step, metrics))
             done = step + 1
-            save_now = checkpointer.should_save(done) or done == num_steps or stop.signal is not None
+            # Many processes agree on a stop at the steps where they sync anyway, so all save the same step.
+            stopping = stop.agreed(done % config.log_every == 0 or checkpointer.should_save(done) or done == num_steps)
+            save_now = checkpointer.should_save(done) or done == num_steps or stopping
             if done % config.log_every == 0 or save_now:
                 # Fetching the metrics is the only host sync; do it only when logging or saving.
                 now = time.perf_counter()
@@ -330,7 +336,7 @@ def _train_loop(config, state, train_step, batches, checkpointer, writer, meta, 
                 checkpointer.save(done, state, {**meta, "data_position": done}, force=True)
                 stop.step_finished()  # the save is under way: progress, not a hang
             periodic(done, num_steps, state)
-            if stop.signal is not None:
+            if stopping:
                 bar.close()
                 checkpointer.wait()
                 raise Interrupted(f"stopped by {stop.signal} after step {done}; checkpoint saved in "

@@ -12,6 +12,11 @@ to a watcher thread through `signal.set_wakeup_fd`, whose C-level handler writes
 pipe whatever the main thread is doing. The hard exit writes nothing half-done: metrics records are
 appended whole under `metrics_writer.WRITE_LOCK`, which the exit takes first, and a checkpoint that orbax
 has not finished is a temporary folder that the resume never reads.
+
+In a multi-process job the processes must stop after the same step and save the same checkpoint
+together, whichever of them got the signal: `agreed` is that decision, taken with one all-gather of every
+process's stop flag at the steps where the loop syncs with the host anyway (logging, saving, the end),
+which every process reaches in the same order.
 """
 
 from __future__ import annotations
@@ -80,6 +85,28 @@ class StopRequest:
 
     def step_finished(self) -> None:
         self._progress += 1
+
+    def agreed(self, sync_point: bool) -> bool:
+        """Whether the loop stops after this step. One process: as soon as a signal came. Many: only at a
+        `sync_point` (a step at which every process calls this), and then every process stops if any of
+        them got a signal; `signal` then names it on all."""
+        import jax
+
+        if jax.process_count() == 1:
+            return self.signal is not None
+        if not sync_point:
+            return False
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        mine = int(signal.Signals[self.signal]) if self.signal in signal.Signals.__members__ else 0
+        codes = np.asarray(multihost_utils.process_allgather(np.int32(mine))).ravel()
+        if not codes.any():
+            return False
+        if self.signal is None:
+            first = int(np.flatnonzero(codes)[0])
+            self.signal = f"{signal.Signals(int(codes[first])).name} on process {first}"
+        return True
 
     def _watch(self) -> None:
         read_fd = self._pipe[0]
