@@ -1,0 +1,215 @@
+"""Multi-process jobs with real local processes (`contrastive.launch`, jax.distributed over gloo on CPU).
+
+A 2-process x 2-device job trains the default config with the losses and eval.json of a 1-process
+4-device run, writes each output file once, and its checkpoint resumes in one process of 8 devices; bad
+multi-process flags are refused with one line and exit status 2; SIGTERM to the launcher stops every
+process after one agreed step with one checkpoint and exit 143.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from contrastive.launch import child_env, free_port
+from contrastive.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, cluster_environment
+from contrastive.train.config import load_config
+from contrastive.train.metrics_writer import read_metrics
+from contrastive.train.runner import train_and_evaluate
+
+CONFIG = "configs/simclr_digits.py"
+STEPS = 6
+# The suite's tiny model (tests/train/conftest.py), a learned-features-only final evaluation.
+TINY = {"num_steps": STEPS, "batch_size": 64, "log_every": 1, "progress": False, "model.widths": (8, 16),
+        "model.head_hidden": (16,), "model.projection_dim": 8, "optimizer.warmup_steps": 2,
+        "checkpoint.every_steps": 3, "evals.probes.representations": ("learned",)}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    from contrastive.data import digits
+
+    digits.digits_builder(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def overrides(data_dir, cache_dir, **more):
+    values = {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": cache_dir, **more}
+    return [f"--config.{k}={v!r}" for k, v in values.items()]
+
+
+def config_of(data_dir, cache_dir, **more):
+    c = load_config(CONFIG)
+    for key, value in {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": cache_dir, **more}.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def launch_command(workdir, args, *, processes=2, devices=2, quiet=False):
+    return [sys.executable, "-m", "contrastive.launch", "--num_processes", str(processes),
+            "--devices_per_process", str(devices), *(["--quiet_others"] if quiet else []), "--",
+            "--config", CONFIG, "--workdir", str(workdir), *args]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(data_dir, cache_dir, tmp_path_factory):
+    """The 2 x 2 job, run once for the tests that read it."""
+    workdir = tmp_path_factory.mktemp("two_processes") / "run"
+    start = time.perf_counter()
+    result = subprocess.run(launch_command(workdir, overrides(data_dir, cache_dir)), capture_output=True,
+                            text=True, timeout=240)
+    print(f"2 processes x 2 devices, {STEPS} steps and the final eval: {time.perf_counter() - start:.1f} s")
+    return workdir, result
+
+
+@pytest.fixture(scope="module")
+def one_process_run(data_dir, cache_dir, tmp_path_factory):
+    """The reference: the same config in this process, on 4 of its 8 devices."""
+    workdir = tmp_path_factory.mktemp("one_process") / "run"
+    results = train_and_evaluate(config_of(data_dir, cache_dir, num_devices=4), workdir)
+    return workdir, results
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(two_process_run, one_process_run):
+    workdir, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference_dir, reference_eval = one_process_run
+    got, want = read_metrics(workdir / "metrics.jsonl"), read_metrics(reference_dir / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(STEPS))  # written once, by process 0
+    losses, reference = np.array([r["loss"] for r in got]), np.array([r["loss"] for r in want])
+    print("2 x 2 losses:", losses.tolist(), "\n1 x 4 losses:", reference.tolist(),
+          f"\nlargest relative difference {np.max(np.abs(losses / reference - 1)):.2e}")
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+    np.testing.assert_allclose([r["grad_norm"] for r in got], [r["grad_norm"] for r in want], rtol=1e-4)
+    assert json.loads((workdir / "config.json").read_text())["batch_size"] == 64
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "eval.json", "metrics.jsonl",
+                                                         "similarities.png"]
+    evaluation = json.loads((workdir / "eval.json").read_text())
+    assert evaluation["step"] == reference_eval["step"] == STEPS
+    for key, value in reference_eval["learned"].items():
+        if isinstance(value, float):
+            np.testing.assert_allclose(evaluation["learned"][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+    # Process 0 prints the table; process 1 prints nothing of its own (only gloo's connection lines).
+    assert "[0] learned " in result.stdout
+    own = [line for line in (result.stdout + result.stderr).splitlines()
+           if line.startswith("[1] ") and line[4:].strip() and not line[4:].startswith("[Gloo]")]
+    assert not own, own
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_resumes_in_one_process(two_process_run, one_process_run, data_dir, cache_dir,
+                                                       tmp_path):
+    """Resume from the 2-process job's step-3 checkpoint in one process of 8 devices (orbax reshards):
+    steps 3-5 have the losses of the uninterrupted 1-process run."""
+    source, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    shutil.rmtree(workdir / "checkpoints" / str(STEPS))
+    (workdir / "eval.json").unlink()
+    train_and_evaluate(config_of(data_dir, cache_dir, **{"eval.at_end": False}), workdir)
+    got = read_metrics(workdir / "metrics.jsonl")
+    want = read_metrics(one_process_run[0] / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(STEPS))
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+
+
+def run_main(args, timeout=60):
+    env = child_env(2)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "contrastive.main", "--config", CONFIG, "--workdir",
+                             "/nonexistent/never/created", *args], capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    return result, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--coordinator_address", "localhost:1234", "--num_processes", "2", "--process_id", "2"],
+     "--process_id=2 is out of range for --num_processes=2"),
+    (["--num_processes", "2", "--process_id", "0"], "given without --coordinator_address"),
+    (["--coordinator_address", "localhost:1234"], "needs --num_processes and --process_id"),
+    (["--coordinator_address", "localhost", "--num_processes", "2", "--process_id", "0"], "is not HOST:PORT"),
+    (["--num_processes", "0", "--coordinator_address", "localhost:1234"], "--num_processes=0 must be >= 1"),
+])
+def test_bad_flags_are_refused(args, message):
+    result, _ = run_main(args)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_a_coordinator_that_never_answers_is_refused():
+    args = ["--coordinator_address", f"localhost:{free_port()}", "--num_processes", "2", "--process_id", "1",
+            "--initialization_timeout", "3"]
+    result, seconds = run_main(args)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: process 1 of 2 could not join the job"), lines
+    assert seconds < 30
+
+
+@pytest.mark.slow
+def test_a_batch_the_processes_cannot_split_is_refused(data_dir, cache_dir, tmp_path):
+    result = subprocess.run(launch_command(tmp_path / "run", overrides(data_dir, cache_dir, batch_size=66),
+                                           quiet=True), capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_BAD_INPUT
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors and all("batch_size=66 (the global batch) is not divisible by the 4 devices of the mesh "
+                          "(2 processes x 2 local devices)" in line for line in errors), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plain_process_joins_no_job():
+    assert cluster_environment({}) is None
+    assert cluster_environment({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1",
+                                "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}) is None
+    assert cluster_environment({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2",
+                                "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}) == "SLURM"
+    assert cluster_environment({"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "4"}) \
+        == "Open MPI"
+    assert cluster_environment({"TPU_WORKER_HOSTNAMES": "a,b"}) == "Cloud TPU pod"
+    assert cluster_environment({"TPU_WORKER_HOSTNAMES": "a"}) is None
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_process_at_one_step(data_dir, cache_dir, tmp_path):
+    workdir = tmp_path / "run"
+    args = overrides(data_dir, cache_dir, num_steps=2000, log_every=2, **{"checkpoint.every_steps": 10000})
+    log = (tmp_path / "out.txt").open("w")
+    proc = subprocess.Popen(launch_command(workdir, args), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while len(read_metrics(workdir / "metrics.jsonl")) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "out.txt").read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == EXIT_INTERRUPTED, (tmp_path / "out.txt").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = (tmp_path / "out.txt").read_text()
+    # Orbax also saves the first step; the stop saves one more, after the last logged step, at a step where
+    # the processes sync (an even one: log_every=2), once for both.
+    names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    stopped = max(int(n) for n in names if n.isdigit())
+    last = read_metrics(workdir / "metrics.jsonl")[-1]["step"]
+    assert names == ["1", str(stopped)] and stopped == last + 1 and stopped % 2 == 0, (names, last)
+    assert f"[0] stopped by SIGTERM after step {stopped}" in output, output[-3000:]
+    assert not (workdir / "eval.json").exists()
