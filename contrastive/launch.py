@@ -14,7 +14,7 @@ localhost:PORT` (a free port), `--num_processes N --process_id I`, and `XLA_FLAG
   saves a checkpoint and exits 143. A second signal is forwarded too (every process exits at once).
 * The exit status is the first non-zero status of a process (a process killed by signal S counts as
   128 + S), or 0. When one process fails on its own, the others are sent SIGTERM, and SIGKILL after
-  `--kill_after` seconds.
+  `--kill_after` seconds (after a 143 of one process, which the others agreed on, only the SIGKILL).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 143
 
 
 def free_port() -> int:
@@ -179,10 +179,17 @@ def _wait_all(procs, kill_after: float, forwarded: list) -> int:
         for p in procs:
             if p.returncode not in (None, 0) and not first:
                 first = _exit_status(p.returncode)
-                if not forwarded and running:  # it failed on its own: stop the others
+                if forwarded or not running:
+                    continue
+                # 143: a signal to that process, which the others agreed on; they are saving the same step
+                # and exit on their own. Any other failure: stop the others.
+                if first != EXIT_INTERRUPTED:
                     for q in running:
-                        os.kill(q.pid, signal.SIGTERM)
-                    kill_at = time.monotonic() + kill_after
+                        try:
+                            os.kill(q.pid, signal.SIGTERM)
+                        except ProcessLookupError:
+                            pass
+                kill_at = time.monotonic() + kill_after
         if not running:
             return first
         if kill_at is not None and time.monotonic() > kill_at:

@@ -7,6 +7,8 @@ process after one agreed step with one checkpoint and exit 143.
 """
 
 import json
+import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -155,13 +157,14 @@ def test_bad_flags_are_refused(args, message):
 
 
 @pytest.mark.slow
-def test_a_coordinator_that_never_answers_is_refused():
-    args = ["--coordinator_address", f"localhost:{free_port()}", "--num_processes", "2", "--process_id", "1",
-            "--initialization_timeout", "3"]
+@pytest.mark.parametrize("process_id", [1, 0])  # 1: no coordinator answers; 0: the coordinator, no peer comes
+def test_a_job_that_cannot_be_joined_is_refused(process_id):
+    args = ["--coordinator_address", f"localhost:{free_port()}", "--num_processes", "2", "--process_id",
+            str(process_id), "--initialization_timeout", "3"]
     result, seconds = run_main(args)
     assert result.returncode == EXIT_BAD_INPUT, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: process 1 of 2 could not join the job"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: process {process_id} of 2 could not join the job"), lines
     assert seconds < 30
 
 
@@ -188,8 +191,20 @@ def test_a_plain_process_joins_no_job():
     assert cluster_environment({"TPU_WORKER_HOSTNAMES": "a"}) is None
 
 
+def child_pid(launcher_pid: int, process_id: int) -> int:
+    children = pathlib.Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    for pid in children:
+        args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if args[args.index(b"--process_id") + 1] == str(process_id).encode():
+            return int(pid)
+    raise LookupError(f"no process {process_id} among {children}")
+
+
 @pytest.mark.slow
-def test_sigterm_to_the_launcher_stops_every_process_at_one_step(data_dir, cache_dir, tmp_path):
+@pytest.mark.parametrize("target", ["launcher", "process 1"])
+def test_sigterm_stops_every_process_at_one_step(data_dir, cache_dir, tmp_path, target):
+    """SIGTERM to the launcher (forwarded to both) or to process 1 alone (a preempted host): both processes
+    stop after the same step, save it once and exit 143."""
     workdir = tmp_path / "run"
     args = overrides(data_dir, cache_dir, num_steps=2000, log_every=2, **{"checkpoint.every_steps": 10000})
     log = (tmp_path / "out.txt").open("w")
@@ -199,7 +214,10 @@ def test_sigterm_to_the_launcher_stops_every_process_at_one_step(data_dir, cache
         while len(read_metrics(workdir / "metrics.jsonl")) < 4:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "out.txt").read_text()[-3000:]
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        if target == "launcher":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.kill(child_pid(proc.pid, 1), signal.SIGTERM)
         assert proc.wait(timeout=90) == EXIT_INTERRUPTED, (tmp_path / "out.txt").read_text()[-3000:]
     finally:
         if proc.poll() is None:
@@ -211,5 +229,6 @@ def test_sigterm_to_the_launcher_stops_every_process_at_one_step(data_dir, cache
     stopped = max(int(n) for n in names if n.isdigit())
     last = read_metrics(workdir / "metrics.jsonl")[-1]["step"]
     assert names == ["1", str(stopped)] and stopped == last + 1 and stopped % 2 == 0, (names, last)
-    assert f"[0] stopped by SIGTERM after step {stopped}" in output, output[-3000:]
+    cause = "SIGTERM" if target == "launcher" else "SIGTERM on process 1"
+    assert f"[0] stopped by {cause} after step {stopped}" in output, output[-3000:]
     assert not (workdir / "eval.json").exists()
