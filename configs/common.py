@@ -35,7 +35,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.cutout_prob = 0.5
 
     c.model = ml_collections.ConfigDict()
-    c.model.encoder = "cnn"  # cnn | mlp
+    c.model.encoder = "cnn"  # cnn | mlp | resnet18 | resnet34 | resnet50
+    c.model.resnet = ml_collections.ConfigDict()  # the resnet encoders' options (contrastive.models.resnet)
+    c.model.resnet.stem = "cifar"  # cifar: 3x3/1 conv, no pool (small images) | imagenet: 7x7/2 conv + max-pool
+    c.model.resnet.norm = "batch"  # batch (synchronised over the global batch) | group
+    c.model.resnet.width = 1.0  # channel multiplier (1: the published network)
+    c.model.resnet.zero_init_residual = False  # each block's last norm starts at scale 0
     c.model.widths = (32, 64)
     c.model.dense = (256,)  # cnn: widths of ReLU layers on the flattened map; () = global average pooling
     c.model.head_hidden = (128,)

@@ -7,13 +7,14 @@ absorbs the invariances the loss imposes, so features before it transfer better.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from contrastive import checks
+from contrastive.models import resnet
 
 NORMS = ("layer", "batch", "none")
 
@@ -127,6 +128,7 @@ ENCODERS = {
     "cnn": lambda cfg, shape, rngs: SmallCNN(shape[2], tuple(cfg.widths), image_size=shape[:2],
                                              dense=tuple(cfg.dense), rngs=rngs),
     "mlp": lambda cfg, shape, rngs: FlatMLP(shape[0] * shape[1] * shape[2], tuple(cfg.widths), rngs=rngs),
+    **{name: resnet.builder(name) for name in resnet.VARIANTS},  # options in config.model.resnet
 }
 
 
@@ -141,6 +143,8 @@ RULES = {"widths": checks.SOME_WIDTHS, "dense": checks.WIDTHS, "head_hidden": ch
 def check(cfg) -> None:
     """Raise ValueError naming the first field of `config.model` out of its range."""
     checks.check_fields(cfg, "model.", {"encoder": checks.one_of(ENCODERS), **RULES})
+    if "resnet" in cfg:
+        resnet.check(cfg.resnet)
 
 
 def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveModel:
@@ -164,4 +168,4 @@ def mixing_modules(model: nnx.Module) -> list[str]:
 
 
 def num_params(model: nnx.Module) -> int:
-    return sum(jnp.size(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
