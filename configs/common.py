@@ -35,7 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.cutout_prob = 0.5
 
     c.model = ml_collections.ConfigDict()
-    c.model.encoder = "cnn"  # cnn | mlp | resnet18 | resnet34 | resnet50
+    c.model.encoder = "cnn"  # cnn | mlp | resnet18 | resnet34 | resnet50 | vit_ti | vit_s | vit_b
+    c.model.vit = ml_collections.ConfigDict()  # the vit encoders' options (contrastive.models.vit)
+    c.model.vit.patch_size = 16  # must divide the image size
+    c.model.vit.pool = "cls"  # cls: the class token's output | gap: the mean of the patch tokens
     c.model.resnet = ml_collections.ConfigDict()  # the resnet encoders' options (contrastive.models.resnet)
     c.model.resnet.stem = "cifar"  # cifar: 3x3/1 conv, no pool (small images) | imagenet: 7x7/2 conv + max-pool
     c.model.resnet.norm = "batch"  # batch (synchronised over the global batch) | group

@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from contrastive import checks
-from contrastive.models import resnet
+from contrastive.models import resnet, vit
 
 NORMS = ("layer", "batch", "none")
 
@@ -129,6 +129,7 @@ ENCODERS = {
                                              dense=tuple(cfg.dense), rngs=rngs),
     "mlp": lambda cfg, shape, rngs: FlatMLP(shape[0] * shape[1] * shape[2], tuple(cfg.widths), rngs=rngs),
     **{name: resnet.builder(name) for name in resnet.VARIANTS},  # options in config.model.resnet
+    **{name: vit.builder(name) for name in vit.VARIANTS},  # options in config.model.vit
 }
 
 
@@ -145,6 +146,8 @@ def check(cfg) -> None:
     checks.check_fields(cfg, "model.", {"encoder": checks.one_of(ENCODERS), **RULES})
     if "resnet" in cfg:
         resnet.check(cfg.resnet)
+    if "vit" in cfg:
+        vit.check(cfg.vit)
 
 
 def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveModel:

@@ -1,4 +1,4 @@
-"""A narrow ResNet-18 trains through the runner, the same on 1 and 8 devices (BatchNorm over the global batch)."""
+"""The ResNet and ViT encoders train through the runner, the same on 1 and 8 devices."""
 
 import numpy as np
 import pytest
@@ -22,3 +22,17 @@ def test_a_narrow_resnet_trains_through_the_runner_on_one_and_eight_devices(tiny
     # steps drift by round-off that twenty BatchNorms over 1x1 maps amplify (~5e-4 relative by step 3).
     np.testing.assert_allclose(eight[:2], one[:2], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(eight, one, rtol=2e-3)
+
+
+@pytest.mark.slow
+def test_a_vit_trains_through_the_runner_and_its_features_are_probed(tiny_config, tmp_path):
+    from contrastive.train.metrics_writer import read_metrics
+    from contrastive.train.runner import train_and_evaluate
+
+    config = tiny_config(num_steps=3, **{"model.encoder": "vit_ti", "model.vit.patch_size": 2, "eval.at_end": True,
+                                         "evals.probes.representations": ("learned",),
+                                         "evals.view_geometry.at_end": False})
+    result = train_and_evaluate(config, tmp_path)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    assert len(losses) == 3 and np.all(np.isfinite(losses))
+    assert result["learned"]["feature_dim"] == 192 and 0.1 < result["learned"]["linear_probe"] <= 1.0
