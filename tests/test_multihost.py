@@ -187,9 +187,11 @@ def child_pid(launcher_pid: int, process_id: int) -> int:
 @pytest.mark.parametrize("target", ["launcher", "process 1"])
 def test_sigterm_stops_every_process_at_one_step(data_dir, cache_dir, tmp_path, target):
     """SIGTERM to the launcher (forwarded to both) or to process 1 alone (a preempted host): both processes
-    stop after the same step, save it once and exit 143."""
+    stop after the same step, save it once and exit 143. (Process 1 alone:) the checkpoint resumes to the
+    losses of an uninterrupted run (a constant learning rate, so that the resume may end sooner)."""
     workdir = tmp_path / "run"
-    args = overrides(data_dir, cache_dir, num_steps=2000, log_every=2, **{"checkpoint.every_steps": 10000})
+    settings = {"log_every": 2, "checkpoint.every_steps": 10000, "optimizer.schedule": "constant"}
+    args = overrides(data_dir, cache_dir, num_steps=2000, **settings)
     log = (tmp_path / "out.txt").open("w")
     proc = subprocess.Popen(launch_command(workdir, args), stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -215,3 +217,11 @@ def test_sigterm_stops_every_process_at_one_step(data_dir, cache_dir, tmp_path, 
     cause = "SIGTERM" if target == "launcher" else "SIGTERM on process 1"
     assert f"[0] stopped by {cause} after step {stopped}" in output, output[-3000:]
     assert not (workdir / "eval.json").exists()
+    if target == "launcher":
+        return
+    short = {**settings, "num_steps": stopped + 2, "eval.at_end": False}
+    train_and_evaluate(config_of(data_dir, cache_dir, **short), workdir)  # one process, 8 devices
+    train_and_evaluate(config_of(data_dir, cache_dir, **short), tmp_path / "uninterrupted")
+    got, want = (read_metrics(d / "metrics.jsonl") for d in (workdir, tmp_path / "uninterrupted"))
+    assert [r["step"] for r in got] == [r["step"] for r in want] and got[-1]["step"] == stopped + 1
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
