@@ -83,7 +83,8 @@ def load_image_tower(model, run_dir: str) -> None:
                           f"{want}; use the same model.encoder, widths and dense as that run")
     nnx.replace_by_pure_dict(target, source)
     nnx.update(model.image.encoder, target)
-    print(f"LiT: image encoder initialised from {directory / str(steps[-1])}", file=sys.stderr)
+    if jax.process_index() == 0:
+        print(f"LiT: image encoder initialised from {directory / str(steps[-1])}", file=sys.stderr)
 
 
 def _pure_arrays(tree):

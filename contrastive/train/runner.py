@@ -242,7 +242,10 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
         setup.augment.check_image(image_shape)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model = build_model(config.model, image_shape, seed=config.seed)
+    try:  # an encoder's checks against the image shape (e.g. a ViT patch size that does not divide it)
+        model = build_model(config.model, image_shape, seed=config.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _check_grad_cache_model(config, model)
     graphdef, state = init_state(model, setup.tx, config.seed, method=setup.method, config=config,
                                  num_examples=len(train_source))

@@ -36,3 +36,13 @@ def test_a_vit_trains_through_the_runner_and_its_features_are_probed(tiny_config
     losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl")]
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     assert result["learned"]["feature_dim"] == 192 and 0.1 < result["learned"]["linear_probe"] <= 1.0
+
+
+def test_a_vit_patch_size_that_does_not_divide_the_images_is_refused_before_the_workdir(tiny_config, tmp_path):
+    from contrastive.train.config import ConfigError
+    from contrastive.train.runner import train_and_evaluate
+
+    config = tiny_config(**{"model.encoder": "vit_ti", "model.vit.patch_size": 3})
+    with pytest.raises(ConfigError, match=r"model.vit.patch_size=3 must divide the image size 8 x 8"):
+        train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
