@@ -32,28 +32,14 @@ TINY = {"num_steps": STEPS, "batch_size": 64, "log_every": 1, "progress": False,
         "checkpoint.every_steps": 3, "evals.probes.representations": ("learned",)}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    from contrastive.data import digits
-
-    digits.digits_builder(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
-def overrides(data_dir, cache_dir, **more):
-    values = {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": cache_dir, **more}
+def overrides(data_dir, compilation_cache, **more):
+    values = {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": compilation_cache, **more}
     return [f"--config.{k}={v!r}" for k, v in values.items()]
 
 
-def config_of(data_dir, cache_dir, **more):
+def config_of(data_dir, compilation_cache, **more):
     c = load_config(CONFIG)
-    for key, value in {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": cache_dir, **more}.items():
+    for key, value in {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": compilation_cache, **more}.items():
         node = c
         *parents, leaf = key.split(".")
         for p in parents:
@@ -68,9 +54,9 @@ def launch_command(workdir, args, *, processes=2, devices=2, quiet=False):
             "--config", CONFIG, "--workdir", str(workdir), *args]
 
 
-def run_two_processes(workdir, data_dir, cache_dir):
+def run_two_processes(workdir, data_dir, compilation_cache):
     start = time.perf_counter()
-    result = subprocess.run(launch_command(workdir, overrides(data_dir, cache_dir)), capture_output=True,
+    result = subprocess.run(launch_command(workdir, overrides(data_dir, compilation_cache)), capture_output=True,
                             text=True, timeout=420)
     print(f"2 processes x 2 devices, {STEPS} steps and the final eval: {time.perf_counter() - start:.1f} s")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -78,13 +64,13 @@ def run_two_processes(workdir, data_dir, cache_dir):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_and_resume_in_one(data_dir, cache_dir, tmp_path):
+def test_two_processes_equal_one_and_resume_in_one(data_dir, compilation_cache, tmp_path):
     """(One test, so that pytest-xdist never runs the 2-process job twice.) The 2 x 2 job has the losses
     and eval.json of the same config in this process on 4 of its 8 devices, and writes each file once;
     its step-3 checkpoint resumes in this process on all 8 devices (orbax reshards) to the same losses."""
     workdir, reference_dir, resumed = tmp_path / "two_processes", tmp_path / "one_process", tmp_path / "resumed"
-    result = run_two_processes(workdir, data_dir, cache_dir)
-    reference_eval = train_and_evaluate(config_of(data_dir, cache_dir, num_devices=4), reference_dir)
+    result = run_two_processes(workdir, data_dir, compilation_cache)
+    reference_eval = train_and_evaluate(config_of(data_dir, compilation_cache, num_devices=4), reference_dir)
     got, want = read_metrics(workdir / "metrics.jsonl"), read_metrics(reference_dir / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(STEPS))  # written once, by process 0
     losses, reference = np.array([r["loss"] for r in got]), np.array([r["loss"] for r in want])
@@ -109,7 +95,7 @@ def test_two_processes_equal_one_and_resume_in_one(data_dir, cache_dir, tmp_path
     shutil.copytree(workdir, resumed)
     shutil.rmtree(resumed / "checkpoints" / str(STEPS))
     (resumed / "eval.json").unlink()
-    train_and_evaluate(config_of(data_dir, cache_dir, **{"eval.at_end": False}), resumed)
+    train_and_evaluate(config_of(data_dir, compilation_cache, **{"eval.at_end": False}), resumed)
     again = read_metrics(resumed / "metrics.jsonl")
     assert [r["step"] for r in again] == list(range(STEPS))
     np.testing.assert_allclose([r["loss"] for r in again], reference, rtol=1e-5)
@@ -152,8 +138,8 @@ def test_a_job_that_cannot_be_joined_is_refused(process_id):
 
 
 @pytest.mark.slow
-def test_a_batch_the_processes_cannot_split_is_refused(data_dir, cache_dir, tmp_path):
-    result = subprocess.run(launch_command(tmp_path / "run", overrides(data_dir, cache_dir, batch_size=66),
+def test_a_batch_the_processes_cannot_split_is_refused(data_dir, compilation_cache, tmp_path):
+    result = subprocess.run(launch_command(tmp_path / "run", overrides(data_dir, compilation_cache, batch_size=66),
                                            quiet=True), capture_output=True, text=True, timeout=120)
     assert result.returncode == EXIT_BAD_INPUT
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
@@ -185,13 +171,13 @@ def child_pid(launcher_pid: int, process_id: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["launcher", "process 1"])
-def test_sigterm_stops_every_process_at_one_step(data_dir, cache_dir, tmp_path, target):
+def test_sigterm_stops_every_process_at_one_step(data_dir, compilation_cache, tmp_path, target):
     """SIGTERM to the launcher (forwarded to both) or to process 1 alone (a preempted host): both processes
     stop after the same step, save it once and exit 143. (Process 1 alone:) the checkpoint resumes to the
     losses of an uninterrupted run (a constant learning rate, so that the resume may end sooner)."""
     workdir = tmp_path / "run"
     settings = {"log_every": 2, "checkpoint.every_steps": 10000, "optimizer.schedule": "constant"}
-    args = overrides(data_dir, cache_dir, num_steps=2000, **settings)
+    args = overrides(data_dir, compilation_cache, num_steps=2000, **settings)
     log = (tmp_path / "out.txt").open("w")
     proc = subprocess.Popen(launch_command(workdir, args), stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -220,8 +206,8 @@ def test_sigterm_stops_every_process_at_one_step(data_dir, cache_dir, tmp_path, 
     if target == "launcher":
         return
     short = {**settings, "num_steps": stopped + 2, "eval.at_end": False}
-    train_and_evaluate(config_of(data_dir, cache_dir, **short), workdir)  # one process, 8 devices
-    train_and_evaluate(config_of(data_dir, cache_dir, **short), tmp_path / "uninterrupted")
+    train_and_evaluate(config_of(data_dir, compilation_cache, **short), workdir)  # one process, 8 devices
+    train_and_evaluate(config_of(data_dir, compilation_cache, **short), tmp_path / "uninterrupted")
     got, want = (read_metrics(d / "metrics.jsonl") for d in (workdir, tmp_path / "uninterrupted"))
     assert [r["step"] for r in got] == [r["step"] for r in want] and got[-1]["step"] == stopped + 1
     np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)

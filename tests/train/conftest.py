@@ -1,22 +1,8 @@
-"""A tiny config that trains in seconds, and one prepared copy of the digits data per test session."""
+"""A tiny config that trains in seconds (on the session's prepared digits, tests/conftest.py)."""
 
 import pytest
 
 from contrastive.train.config import load_config
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    from contrastive.data import digits
-
-    digits.digits_builder(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def compilation_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture
