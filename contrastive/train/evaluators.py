@@ -201,7 +201,7 @@ def _merge(into: dict, more: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ probes
-def probe_features(config, seed, train_feats, train_labels, test_feats, test_labels, *, knn_k: int,
+def probe_features(seed: int, train_feats, train_labels, test_feats, test_labels, *, knn_k: int,
                    knn_temperature: float) -> dict:
     """Every probe of one representation's features, fitted on train and scored on test."""
     tr, te = np.asarray(train_feats, np.float32), np.asarray(test_feats, np.float32)
@@ -223,7 +223,7 @@ def _probes(ctx: EvalContext, options: dict) -> dict:
     results = {"knn_k": k, "knn_temperature": options["knn_temperature"], "num_train": len(labels[0]),
                "num_test": len(labels[1])}
     for name in options["representations"]:
-        results[name] = probe_features(ctx.config, ctx.config.seed, ctx.features(name, "train"), labels[0],
+        results[name] = probe_features(ctx.config.seed, ctx.features(name, "train"), labels[0],
                                        ctx.features(name, "test"), labels[1], knn_k=k,
                                        knn_temperature=options["knn_temperature"])
     return results
