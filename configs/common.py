@@ -36,6 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.encoder = "cnn"  # cnn | mlp | resnet18 | resnet34 | resnet50 | vit_ti | vit_s | vit_b
+    c.model.dtype = "float32"  # resnet, vit: compute dtype (float32 | bfloat16); parameters stay float32
+    c.model.remat = False  # resnet, vit: recompute each block's activations in the backward pass
     c.model.vit = ml_collections.ConfigDict()  # the vit encoders' options (contrastive.models.vit)
     c.model.vit.patch_size = 16  # must divide the image size
     c.model.vit.pool = "cls"  # cls: the class token's output | gap: the mean of the patch tokens

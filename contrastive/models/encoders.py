@@ -137,8 +137,9 @@ def register_encoder(name: str, build) -> None:
     ENCODERS[name] = build
 
 
-RULES = {"widths": checks.SOME_WIDTHS, "dense": checks.WIDTHS, "head_hidden": checks.WIDTHS,
-         "projection_dim": checks.POSITIVE, "head_norm": checks.one_of(NORMS), "predictor_hidden": checks.WIDTHS}
+RULES = {"widths": checks.SOME_WIDTHS, "dense": checks.WIDTHS,
+         "head_hidden": checks.WIDTHS, "projection_dim": checks.POSITIVE, "head_norm": checks.one_of(NORMS),
+         "predictor_hidden": checks.WIDTHS}
 
 
 def check(cfg) -> None:
@@ -148,6 +149,11 @@ def check(cfg) -> None:
         resnet.check(cfg.resnet)
     if "vit" in cfg:
         vit.check(cfg.vit)
+    dtype, remat = cfg.get("dtype", "float32"), cfg.get("remat", False)
+    checks.check_fields({"dtype": dtype}, "model.", {"dtype": checks.one_of(resnet.DTYPES)})
+    if (dtype != "float32" or remat) and cfg.encoder not in (*resnet.VARIANTS, *vit.VARIANTS):
+        raise ValueError(f"model.dtype={dtype!r} and model.remat={remat!r} apply to the resnet and vit encoders, "
+                         f"not model.encoder={cfg.encoder!r}; leave them at 'float32' and False")
 
 
 def build_model(cfg, image_shape: Sequence[int], *, seed: int) -> ContrastiveModel:

@@ -15,6 +15,11 @@ Options (`config.model.resnet`):
 * `zero_init_residual`: the last norm of each block starts with scale 0, so every block starts as the
   identity (Goyal et al. 2017).
 
+`config.model.dtype` (`float32` | `bfloat16`) is the compute dtype of the convolutions and norms; the
+parameters stay float32 and the features are returned in float32. `config.model.remat` recomputes each
+block's activations in the backward pass (`nnx.remat`) instead of keeping them: the same gradient, less
+activation memory.
+
 Convolutions have no bias (a norm follows each) and start from He-normal (fan-out) weights. Parameter
 counts at width 1, without a classifier (tested): ResNet-18 11,176,512; ResNet-34 21,284,672; ResNet-50
 23,508,032; ResNet-18 with the CIFAR stem 11,168,832.
@@ -22,6 +27,7 @@ counts at width 1, without a classifier (tested): ResNet-18 11,176,512; ResNet-3
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from flax import nnx
 
 from contrastive import checks
@@ -36,17 +42,17 @@ EXPANSION = {"basic": 1, "bottleneck": 4}
 _HE = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(a: int, b: int, k: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+def _conv(a: int, b: int, k: int, stride: int, rngs: nnx.Rngs, dtype=None) -> nnx.Conv:
     return nnx.Conv(a, b, kernel_size=(k, k), strides=stride, padding=k // 2, use_bias=False, kernel_init=_HE,
-                    rngs=rngs)
+                    dtype=dtype, rngs=rngs)
 
 
-def _norm(kind: str, width: int, rngs: nnx.Rngs, zero: bool = False):
+def _norm(kind: str, width: int, rngs: nnx.Rngs, zero: bool = False, dtype=None):
     scale_init = nnx.initializers.zeros if zero else nnx.initializers.ones
     if kind == "batch":
-        return nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, scale_init=scale_init, rngs=rngs)
+        return nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, scale_init=scale_init, dtype=dtype, rngs=rngs)
     groups = next(g for g in (32, 16, 8, 4, 2, 1) if width % g == 0)
-    return nnx.GroupNorm(width, num_groups=groups, scale_init=scale_init, rngs=rngs)
+    return nnx.GroupNorm(width, num_groups=groups, scale_init=scale_init, dtype=dtype, rngs=rngs)
 
 
 class Block(nnx.Module):
@@ -55,17 +61,18 @@ class Block(nnx.Module):
     changes)."""
 
     def __init__(self, kind: str, in_ch: int, width: int, stride: int, norm: str, zero_init: bool,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, dtype=None):
         out_ch = width * EXPANSION[kind]
         if kind == "basic":
             shapes = [(in_ch, width, 3, stride), (width, width, 3, 1)]
         else:
             shapes = [(in_ch, width, 1, 1), (width, width, 3, stride), (width, out_ch, 1, 1)]
-        self.convs = nnx.List([_conv(a, b, k, s, rngs) for a, b, k, s in shapes])
-        self.norms = nnx.List([_norm(norm, b, rngs, zero=zero_init and i == len(shapes) - 1)
+        self.convs = nnx.List([_conv(a, b, k, s, rngs, dtype) for a, b, k, s in shapes])
+        self.norms = nnx.List([_norm(norm, b, rngs, zero=zero_init and i == len(shapes) - 1, dtype=dtype)
                                for i, (_, b, _, _) in enumerate(shapes)])
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nnx.List([_conv(in_ch, out_ch, 1, stride, rngs), _norm(norm, out_ch, rngs)])
+            self.shortcut = nnx.List([_conv(in_ch, out_ch, 1, stride, rngs, dtype),
+                                      _norm(norm, out_ch, rngs, dtype=dtype)])
         else:
             self.shortcut = None
 
@@ -83,31 +90,42 @@ class ResNet(nnx.Module):
     """[B, H, W, C] images -> [B, out_features] globally average-pooled features."""
 
     def __init__(self, variant: str, in_channels: int, *, rngs: nnx.Rngs, stem: str = "imagenet",
-                 norm: str = "batch", width: float = 1.0, zero_init_residual: bool = False):
+                 norm: str = "batch", width: float = 1.0, zero_init_residual: bool = False, dtype=None,
+                 remat: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"ResNet variant {variant!r} is not one of {', '.join(VARIANTS)}")
         kind, depths = VARIANTS[variant]
         widths = [max(1, round(w * width)) for w in STAGE_WIDTHS]
-        self.stem_kind = stem
+        self.stem_kind, self.remat, self.dtype = stem, remat, dtype
         self.stem = _conv(in_channels, widths[0], 7 if stem == "imagenet" else 3, 2 if stem == "imagenet" else 1,
-                          rngs)
-        self.stem_norm = _norm(norm, widths[0], rngs)
+                          rngs, dtype)
+        self.stem_norm = _norm(norm, widths[0], rngs, dtype=dtype)
         blocks, in_ch = [], widths[0]
         for stage, (w, depth) in enumerate(zip(widths, depths)):
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(Block(kind, in_ch, w, stride, norm, zero_init_residual, rngs))
+                blocks.append(Block(kind, in_ch, w, stride, norm, zero_init_residual, rngs, dtype))
                 in_ch = w * EXPANSION[kind]
         self.blocks = nnx.List(blocks)
         self.out_features = in_ch
 
     def __call__(self, x):
+        x = x.astype(self.dtype) if self.dtype is not None else x
         x = nnx.relu(self.stem_norm(self.stem(x)))
         if self.stem_kind == "imagenet":
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        apply = nnx.remat(lambda block, y: block(y)) if self.remat else (lambda block, y: block(y))
         for block in self.blocks:
-            x = block(x)
-        return x.mean(axis=(1, 2))
+            x = apply(block, x)
+        return x.astype(jnp.float32).mean(axis=(1, 2))
+
+
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(cfg):
+    """`config.model.dtype` as a flax `dtype` (None: float32, the parameters' own)."""
+    return DTYPES[cfg.get("dtype", "float32")]
 
 
 def check(cfg) -> None:
@@ -122,6 +140,7 @@ def builder(variant: str):
         r = cfg.resnet
         check(r)
         return ResNet(variant, shape[2], rngs=rngs, stem=r.stem, norm=r.norm, width=r.width,
-                      zero_init_residual=r.zero_init_residual)
+                      zero_init_residual=r.zero_init_residual, dtype=compute_dtype(cfg),
+                      remat=cfg.get("remat", False))
 
     return build

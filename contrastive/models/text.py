@@ -18,13 +18,15 @@ POOLS = ("eos", "mean")
 
 
 class TransformerBlock(nnx.Module):
-    def __init__(self, width: int, num_heads: int, mlp_ratio: int, *, rngs: nnx.Rngs):
-        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+    """x + MHA(LN(x)), then x + MLP(LN(x)); `dtype` is the compute dtype (parameters stay float32)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int, *, rngs: nnx.Rngs, dtype=None):
+        self.norm1 = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
         self.attention = nnx.MultiHeadAttention(num_heads, width, deterministic=True, decode=False,
-                                                keep_rngs=False, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
-        self.fc1 = nnx.Linear(width, width * mlp_ratio, rngs=rngs)
-        self.fc2 = nnx.Linear(width * mlp_ratio, width, rngs=rngs)
+                                                keep_rngs=False, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(width, width * mlp_ratio, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(width * mlp_ratio, width, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         x = x + self.attention(self.norm1(x), mask=mask)

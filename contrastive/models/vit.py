@@ -7,8 +7,10 @@ LayerNorm -> the class token's output (`pool='cls'`) or the mean over the patch 
 
 The position embeddings are made for the grid of the image size the model is built for; an image of
 another size gets them bilinearly resized to its grid (the class token's kept), as when fine-tuning at a
-new resolution. Parameter counts without a classifier at 224x224 with 16x16 patches (tested): ViT-S/16
-21,665,664, ViT-B/16 85,798,656 (timm's totals less the 1000-way head).
+new resolution. `config.model.dtype` and `config.model.remat` act as for the ResNets (compute dtype with
+float32 parameters and features; each block rematerialised). Parameter counts without a classifier at
+224x224 with 16x16 patches (tested): ViT-S/16 21,665,664, ViT-B/16 85,798,656 (timm's totals less the
+1000-way head).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from contrastive import checks
+from contrastive.models.resnet import compute_dtype
 from contrastive.models.text import TransformerBlock
 
 # name -> (width, depth, heads)
@@ -27,22 +30,23 @@ RULES = {"patch_size": checks.POSITIVE, "pool": checks.one_of(POOLS)}
 
 
 class ViT(nnx.Module):
-    def __init__(self, variant: str, image_shape, *, patch_size: int = 16, pool: str = "cls", rngs: nnx.Rngs):
+    def __init__(self, variant: str, image_shape, *, patch_size: int = 16, pool: str = "cls", rngs: nnx.Rngs,
+                 dtype=None, remat: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"ViT variant {variant!r} is not one of {', '.join(VARIANTS)}")
         height, width_px, channels = image_shape
         if height % patch_size or width_px % patch_size:
             raise ValueError(f"model.vit.patch_size={patch_size} must divide the image size {height} x {width_px}")
         width, depth, heads = VARIANTS[variant]
-        self.patch_size, self.pool = patch_size, pool
+        self.patch_size, self.pool, self.dtype, self.remat = patch_size, pool, dtype, remat
         self.grid = (height // patch_size, width_px // patch_size)
         self.patch_embed = nnx.Conv(channels, width, kernel_size=(patch_size, patch_size), strides=patch_size,
-                                    padding="VALID", rngs=rngs)
+                                    padding="VALID", dtype=dtype, rngs=rngs)
         self.cls_token = nnx.Param(jnp.zeros((1, 1, width)))
         self.position_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1 + self.grid[0] * self.grid[1],
                                                                                  width)))
-        self.blocks = nnx.List([TransformerBlock(width, heads, 4, rngs=rngs) for _ in range(depth)])
-        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.blocks = nnx.List([TransformerBlock(width, heads, 4, rngs=rngs, dtype=dtype) for _ in range(depth)])
+        self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
         self.out_features = width
 
     def position_embeddings(self, grid: tuple[int, int]) -> jax.Array:
@@ -59,10 +63,11 @@ class ViT(nnx.Module):
         batch, gh, gw, width = patches.shape
         tokens = jnp.concatenate([jnp.broadcast_to(self.cls_token[...], (batch, 1, width)),
                                   patches.reshape(batch, gh * gw, width)], axis=1)
-        tokens = tokens + self.position_embeddings((gh, gw))[None]
+        tokens = tokens + self.position_embeddings((gh, gw))[None].astype(tokens.dtype)
+        apply = nnx.remat(lambda block, t: block(t, None)) if self.remat else (lambda block, t: block(t, None))
         for block in self.blocks:
-            tokens = block(tokens, None)
-        tokens = self.norm(tokens)
+            tokens = apply(block, tokens)
+        tokens = self.norm(tokens).astype(jnp.float32)
         return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(axis=1)
 
 
@@ -75,6 +80,7 @@ def builder(variant: str):
 
     def build(cfg, shape, rngs):
         check(cfg.vit)
-        return ViT(variant, shape, patch_size=cfg.vit.patch_size, pool=cfg.vit.pool, rngs=rngs)
+        return ViT(variant, shape, patch_size=cfg.vit.patch_size, pool=cfg.vit.pool, rngs=rngs,
+                   dtype=compute_dtype(cfg), remat=cfg.get("remat", False))
 
     return build

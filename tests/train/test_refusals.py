@@ -41,6 +41,8 @@ BAD = {
     "model.resnet.norm": (DEFAULT, ["layer", "3"]),
     "model.resnet.width": (DEFAULT, ["0.0", "-0.5", "'x'"]),
     "model.resnet.zero_init_residual": (DEFAULT, ["'yes'", "1"]),
+    "model.dtype": (DEFAULT, ["float16", "bfloat16", "3"]),
+    "model.remat": (DEFAULT, ["True", "'x'"]),
     "model.vit.patch_size": (DEFAULT, ["0", "-4", "'x'"]),
     "model.vit.pool": (DEFAULT, ["max", "3"]),
     "model.widths": (DEFAULT, ["()", "(0, 16)", "(-8,)", "'x'"]),
