@@ -81,6 +81,9 @@ def per_view(z: jax.Array, batch: int) -> jax.Array:
 
 
 def _merged_settings(defaults: dict, given, prefix: str, method: str) -> dict:
+    if given is not None and not hasattr(given, "keys"):
+        raise ConfigError(f"config.{prefix.rstrip('.')}={given!r} must be a group of settings: "
+                          f"{', '.join(sorted(defaults)) or 'none'}")
     out = {}
     given = dict(given or {})
     unknown = sorted(set(given) - set(defaults))
@@ -104,7 +107,8 @@ def read_rows(table: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def write_rows(table: jax.Array, index: jax.Array, rows: jax.Array) -> jax.Array:
-    """`table` with rows `index` replaced by `rows` (a batch holds each example at most once)."""
+    """`table` with rows `index` replaced by `rows`. A batch that straddles two epochs can hold one example
+    twice (once from each epoch's permutation); then one of its two rows is written, which one unspecified."""
     return table.at[index].set(rows.astype(table.dtype))
 
 
