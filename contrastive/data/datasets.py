@@ -93,3 +93,13 @@ register_dataset(DatasetSpec(
     "ref_coco", tfds_source("ref_coco"), family="image_text",
     captions=lambda example: list(np.asarray(example["objects"]["refexp"]["raw"]).reshape(-1)),
     label=_first_object_label))
+
+from contrastive.data import photo_digits  # noqa: E402 - appended with its registrations
+
+# `photo_digits`: the 8x8 digits painted over crops of scikit-learn's photos (32x32 RGB); the captioned
+# variant reads the same prepared files with their captions (digit, colour, place).
+for _name, _family in (("photo_digits", "views"), ("photo_digits_captions", "image_text")):
+    register_dataset(DatasetSpec(
+        _name, lambda split, data_dir: photo_digits.photo_digits_builder(data_dir).as_data_source(split=split),
+        family=_family, classnames=photo_digits.digits_words(),
+        captions=(lambda example: list(example["captions"])) if _family == "image_text" else None))
