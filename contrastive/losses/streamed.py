@@ -23,6 +23,7 @@ with its rows, so it works on every path; a per-pair scale needs the dense path.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -33,6 +34,7 @@ from contrastive.losses.core import (
     Variants,
     finalize_rows,
     gather_rows,
+    global_sum,
     global_mean,
     l2_normalize,
     num_devices,
@@ -43,7 +45,7 @@ from contrastive.losses.core import (
     softmax_terms,
 )
 from contrastive.parallel.ring import as_varying, ring_row_losses
-from contrastive.parallel.tiled import check_chunk_size, num_rows, reduce_block
+from contrastive.parallel.tiled import LSE, MAX, check_chunk_size, num_rows, reduce_block
 
 Array = jax.Array
 IMPLS = ("auto", "gather", "ring")
@@ -256,13 +258,31 @@ def multi_view_xent(z: Array, labels: Array | None, *, scale, axis_name, impl, c
     ``z`` is [b, V, D]; the anchors are the V b local views in view-major order (row ``v * b + i`` is view
     v of sample i) against the V B global views; positives are the other views of the same sample (or
     of any sample with the same label). ``scale``: scalar, per sample [b], per row [V b] or per pair.
+    Plain InfoNCE without labels runs on :func:`infonce_xent` (the positives are local).
     """
     b, num_views, _ = z.shape
     params, row_scale = split_scale(scale, b, num_views)
     impl, chunk_size, _ = resolve_impl(impl, chunk_size, local_rows=b * num_views, axis_name=axis_name,
                                        variants=options.get("variants", PLAIN), scale=params.get("scale", 1.0))
-    rows = (jnp.swapaxes(l2_normalize(z), 0, 1).reshape(b * num_views, -1), row_scale)
+    unit = l2_normalize(z)
+    rows = (jnp.swapaxes(unit, 0, 1).reshape(b * num_views, -1), row_scale)
     meta = multi_view_meta(b, num_views, labels, axis_name)
+    if labels is None and is_plain(params, options):
+        # Sample i's views against each other: [b, V, V] cosines; row (v, i)'s positives are w != v.
+        gram = jnp.einsum("bvd,bwd->bvw", unit, unit)
+        off = ~jnp.eye(num_views, dtype=bool)
+        pos_sim = jnp.sum(jnp.where(off, gram, 0.0), -1) / (num_views - 1)
+        best_pos = jnp.max(jnp.where(off, gram, -jnp.inf), -1)
+        view_major = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1)
+        all_keys = global_sum(jnp.sum(rows[0], 0), axis_name)
+        positives = LocalPositives(
+            sim=view_major(pos_sim), best=view_major(best_pos), per_row=num_views - 1, self_pairs=True,
+            sim_total=jnp.sum(rows[0] @ all_keys) - jnp.sum(rows[0] * rows[0]),
+        )
+        row_losses, _, metrics = infonce_xent(rows, meta, rows, meta, params, positives, axis_name=axis_name,
+                                              impl=impl, chunk_size=chunk_size,
+                                              positives_in_denominator=options.get("positives_in_denominator", True))
+        return row_losses, metrics
     row_losses, _, metrics = softmax_xent(rows, meta, rows, meta, params, axis_name=axis_name, impl=impl,
                                           chunk_size=chunk_size, **options)
     return row_losses, metrics
@@ -273,7 +293,8 @@ def cross_modal_xent(queries: Array, keys: Array, *, scale, axis_name, impl, chu
 
     The positive of local query i is the key of the same global index; the keys are anchors of the other
     direction. ``scale``: scalar, per pair index [b] (pair i's scale in both directions) or per pair.
-    Metrics are the query->key ones (the pair similarities are the same in both directions).
+    Metrics are the query->key ones (the pair similarities are the same in both directions). Plain
+    InfoNCE runs on :func:`infonce_xent` (the positives are local).
     """
     b = queries.shape[0]
     params, row_scale = split_scale(scale, b)
@@ -281,6 +302,19 @@ def cross_modal_xent(queries: Array, keys: Array, *, scale, axis_name, impl, chu
                                        variants=options.get("variants", PLAIN), scale=params.get("scale", 1.0))
     q = ((queries, row_scale), cross_modal_meta(b, 0, axis_name))
     k = ((keys, row_scale), cross_modal_meta(b, 1, axis_name))
+    if is_plain(params, options):
+        pair_sim = jnp.sum(queries.astype(jnp.float32) * keys.astype(jnp.float32), -1)
+        all_keys = global_sum(jnp.sum(keys.astype(jnp.float32), 0), axis_name)
+        positives = LocalPositives(sim=pair_sim, best=pair_sim, per_row=1, self_pairs=False,
+                                   sim_total=jnp.sum(queries.astype(jnp.float32) @ all_keys))
+        lean = functools.partial(infonce_xent, params=params, positives=positives, axis_name=axis_name, impl=impl,
+                                 chunk_size=chunk_size,
+                                 positives_in_denominator=options.get("positives_in_denominator", True))
+        if impl == "ring" or axis_name is None:
+            return lean(*q, *k, symmetric=True)  # both directions from the same tiles of logits
+        query_rows, _, metrics = lean(*q, *k)
+        key_rows, _, _ = lean(*k, *q)
+        return query_rows, key_rows, metrics
     stream = functools.partial(softmax_xent, params=params, axis_name=axis_name, impl=impl, chunk_size=chunk_size,
                                **options)
     whole_rows = options.get("variants", PLAIN).hardest_negatives is not None  # a top-k per row, not per column
@@ -290,3 +324,89 @@ def cross_modal_xent(queries: Array, keys: Array, *, scale, axis_name, impl, chu
     query_rows, _, metrics = stream(*q, *k)
     key_rows, _, _ = stream(*k, *q)
     return query_rows, key_rows, metrics
+
+
+# ----------------------------------------------------------------------------------------- plain InfoNCE
+def is_plain(params, options) -> bool:
+    """Whether a softmax loss is plain InfoNCE: no variant, no positive weight, a scalar or per-row scale."""
+    return (options.get("variants", PLAIN) == PLAIN and options.get("positive_weight") is None
+            and jnp.ndim(params.get("scale", 1.0)) == 0)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LocalPositives:
+    """What plain InfoNCE needs about the positives, computed from this device's rows alone (O(b d)).
+
+    ``sim``: each row's mean positive similarity [rows]; ``best``: its largest [rows]; ``sim_total``: the sum
+    of the similarities of this device's rows to all global non-self candidates (a scalar, from the sum of
+    the keys). ``per_row`` positives per row; ``self_pairs``: whether each row meets itself as a column.
+    """
+
+    sim: Array
+    best: Array
+    sim_total: Array
+    per_row: int = dataclasses.field(metadata={"static": True})
+    self_pairs: bool = dataclasses.field(metadata={"static": True})
+
+
+def infonce_block_terms(queries, query_meta, keys, key_meta, params, *, positives_in_denominator, self_pairs,
+                        symmetric):
+    """The one log-sum-exp term of plain InfoNCE on a tile: ``log D_i`` (module docstring of ``core``).
+
+    With the positives in the denominator, ``D_i`` runs over every non-self column: no mask at all in the
+    cross-modal layout (``self_pairs=False``); the leave-positive-out losses mask the positives. The only
+    metric term is each row's best negative logit (top-1 accuracy compares it with the positive logit).
+    """
+    (q, q_scale), (k, k_scale) = queries, keys
+    pos, neg = pair_masks(query_meta, key_meta)
+    mask = (pos | neg if self_pairs else None) if positives_in_denominator else neg
+    row_scale = params["scale"] if q_scale is None else q_scale[:, None]
+    if symmetric and k_scale is not None:  # per-row scales in both directions: scale the similarities twice
+        sim = similarity(q, k)
+        row_terms = {LSE: {"denominator": (sim * row_scale, mask)}}
+        col_terms = {LSE: {"denominator": (sim * k_scale[None, :], mask)}}
+    else:  # scale the queries, not the b x b logits (one elementwise pass fewer)
+        row_terms = {LSE: {"denominator": (similarity(q.astype(jnp.float32) * row_scale, k), mask)}}
+        col_terms = row_terms if symmetric else {}
+    best_neg = (jax.lax.stop_gradient(row_terms[LSE]["denominator"][0]), neg)
+    return row_terms, col_terms, {MAX: {"best_neg_logit": best_neg}}
+
+
+def infonce_rows(totals, _):
+    return {"log_denominator": totals[LSE]["denominator"]}
+
+
+def infonce_xent(queries, query_meta, keys, key_meta, params, positives: LocalPositives, *, axis_name, impl,
+                 chunk_size, positives_in_denominator=True, symmetric=False):
+    """``softmax_xent`` of plain InfoNCE whose positives are local rows (no labels, no variants).
+
+    ``L_i = log D_i - c_i mean_p s_ip``: the tiles give only ``log D_i`` (one log-sum-exp per row, and per
+    column with ``symmetric``: one exponential per logit and direction, as a hand-written loss has); the
+    positive logits and the similarity metrics come from ``positives`` in O(b d). The key rows of a
+    symmetric (cross-modal) layout have the same positive logits as the query rows.
+    """
+    block_fn = functools.partial(infonce_block_terms, positives_in_denominator=positives_in_denominator,
+                                 self_pairs=positives.self_pairs, symmetric=symmetric)
+    rows, key_rows, metric_totals = block_row_losses(
+        block_fn, infonce_rows, queries, query_meta, keys, key_meta, params, None,
+        axis_name=axis_name, impl=impl, chunk_size=chunk_size,
+    )
+    row_scale_or_scalar = params["scale"] if queries[1] is None else queries[1]
+    pos_logit = positives.sim * row_scale_or_scalar
+    with_loss = lambda r: None if r is None else {"loss": r["log_denominator"] - pos_logit} | r
+    p = jax.lax.stop_gradient(positives)
+    rows_here = p.sim.shape[0]
+    cols = num_rows(keys) * num_devices(axis_name)  # global candidates per row (incl. itself and positives)
+    pos_total = jnp.sum(p.sim) * p.per_row
+    totals = global_sum({"pos": pos_total, "neg": p.sim_total - pos_total,
+                         "hits": jnp.sum(jax.lax.stop_gradient(p.best * row_scale_or_scalar) > metric_totals[MAX]["best_neg_logit"],
+                                         dtype=jnp.float32)}, axis_name)
+    anchors = rows_here * num_devices(axis_name)
+    num_neg = anchors * (cols - p.per_row - int(p.self_pairs))
+    metrics = {
+        "pos_sim": totals["pos"] / (anchors * p.per_row),
+        "neg_sim": totals["neg"] / max(num_neg, 1),
+        "top1_acc": totals["hits"] / anchors,
+    }
+    return with_loss(rows), with_loss(key_rows), metrics

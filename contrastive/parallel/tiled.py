@@ -20,7 +20,7 @@ so the tile's share of the input gradients is the gradient of the *surrogate*
 ``sum_ij g_i exp(v_ij - sg(T_i))`` (plus ``sum_ij g_i v_ij`` for sums), recomputed tile by tile.
 
 ``block_fn(queries, query_meta, keys, key_meta, params) -> (row_terms, col_terms, metric_terms)``, each a
-dict ``{kind: {name: (values [r, c], mask [r, c])}}`` with kind in ``lse``, ``sum`` (and ``max`` for
+dict ``{kind: {name: (values [r, c], mask [r, c] or None: every pair)}}`` with kind in ``lse``, ``sum`` (and ``max`` for
 metrics). Row terms are reduced per query row; column terms per key (the other direction of a symmetric
 loss such as CLIP, from the same tile of logits); metric terms per row, without gradient.
 """
@@ -56,8 +56,8 @@ def reduce_terms(terms: dict, axis: int = ROWS) -> dict:
     """Totals of one tile's terms, per row (``axis=ROWS``) or per column (``axis=COLS``)."""
     reducers = {
         LSE: lambda v, m: jax.nn.logsumexp(v, axis=axis, where=m),
-        SUM: lambda v, m: jnp.sum(jnp.where(m, v, 0.0), axis=axis),
-        MAX: lambda v, m: jnp.max(jnp.where(m, v, -jnp.inf), axis=axis),
+        SUM: lambda v, m: jnp.sum(v if m is None else jnp.where(m, v, 0.0), axis=axis),
+        MAX: lambda v, m: jnp.max(v if m is None else jnp.where(m, v, -jnp.inf), axis=axis),
     }
     return {kind: {name: reducers[kind](*vm) for name, vm in group.items()} for kind, group in terms.items()}
 
@@ -84,9 +84,9 @@ def surrogate(terms: dict, totals: dict, cotangents: dict, axis: int = ROWS) -> 
         t = jnp.expand_dims(jax.lax.stop_gradient(totals[LSE][name]), axis)
         g = jnp.expand_dims(cotangents[LSE][name], axis)
         # where before exp: masked-out pairs (and rows whose total is -inf) give exp(-inf) = 0, NaN-free.
-        out = out + jnp.sum(g * jnp.exp(jnp.where(m, v - t, -jnp.inf)))
+        out = out + jnp.sum(g * jnp.exp(v - t if m is None else jnp.where(m, v - t, -jnp.inf)))
     for name, (v, m) in terms.get(SUM, {}).items():
-        out = out + jnp.sum(jnp.expand_dims(cotangents[SUM][name], axis) * jnp.where(m, v, 0.0))
+        out = out + jnp.sum(jnp.expand_dims(cotangents[SUM][name], axis) * (v if m is None else jnp.where(m, v, 0.0)))
     return out
 
 
