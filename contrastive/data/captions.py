@@ -77,6 +77,4 @@ class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
 
 def digits_captions_builder(data_dir: str) -> DigitsCaptions:
     """The prepared builder; prepares the array_record files under `data_dir` on first use."""
-    builder = DigitsCaptions(data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
-    return builder
+    return digits.prepared(DigitsCaptions, data_dir)

@@ -13,8 +13,12 @@ a stable id for per-sample state.
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import tensorflow_datasets as tfds
+
+from contrastive import locks
 
 IMAGE_SHAPE = (8, 8, 1)
 MAX_INTENSITY = 16
@@ -69,6 +73,15 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 def digits_builder(data_dir: str) -> Digits:
     """The prepared builder; prepares the array_record files under `data_dir` on first use."""
-    builder = Digits(data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    return prepared(Digits, data_dir)
+
+
+def prepared(builder_class, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
+    """`builder_class(data_dir=data_dir, file_format="array_record", **kwargs)` with its files prepared, by
+    one process at a time: the processes of a multi-host job (or two jobs) that share a data_dir would
+    otherwise prepare it together, and all but one fail on TFDS's final rename. The others wait on a lock,
+    then find the files ready (the builder is made inside the lock: it reads what is prepared when made)."""
+    with locks.exclusive(pathlib.Path(data_dir).expanduser() / f".{builder_class.name}.prepare.lock"):
+        builder = builder_class(data_dir=data_dir, file_format="array_record", **kwargs)
+        builder.download_and_prepare()
     return builder

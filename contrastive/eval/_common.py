@@ -33,6 +33,24 @@ def as_features(name: str, x) -> jax.Array:
     return x
 
 
+def as_host_features(name: str, x, block_rows: int = 65536) -> np.ndarray:
+    """`as_features` for features kept in host memory: a float32 NumPy [N, D] array (no copy when `x` already
+    is one), checked for NaN and infinities one block of rows at a time, so the check never holds more than
+    a block's worth of temporaries beside the features (an ImageNet train split is ~10 GB of them)."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"`{name}` must be a rank-2 [num_examples, dim] array, got shape {x.shape}.")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"`{name}` must be non-empty, got shape {x.shape}.")
+    if x.dtype.kind not in "biuf" and x.dtype.name != "bfloat16":
+        raise ValueError(f"`{name}` must be numeric, got dtype {x.dtype}.")
+    x = x.astype(np.float32, copy=False)
+    for start in range(0, x.shape[0], block_rows):
+        if not np.isfinite(x[start:start + block_rows]).all():
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+    return x
+
+
 def as_labels(name: str, y, num_rows: int, rows_name: str) -> np.ndarray:
     """Returns `y` as an int32 host vector of length `num_rows`, or raises ValueError naming `name`."""
     y = np.asarray(y)
@@ -70,13 +88,15 @@ def check_same_dim(a_name: str, a: jax.Array, b_name: str, b: jax.Array) -> None
         )
 
 
-def classification_inputs(train_x, train_y, test_x, test_y, num_classes):
+def classification_inputs(train_x, train_y, test_x, test_y, num_classes, *, on_host: bool = False):
     """Checks and converts the (train, test) features and labels of a classification evaluation.
 
-    Returns (train_x, train_y, test_x, test_y, num_classes) with float32 features, int32 host labels.
+    Returns (train_x, train_y, test_x, test_y, num_classes) with float32 features, int32 host labels. The
+    features are device arrays, or host NumPy arrays with `on_host=True` (the paths that stream them).
     """
-    train_x = as_features("train_x", train_x)
-    test_x = as_features("test_x", test_x)
+    convert = as_host_features if on_host else as_features
+    train_x = convert("train_x", train_x)
+    test_x = convert("test_x", test_x)
     check_same_dim("train_x", train_x, "test_x", test_x)
     train_y = as_labels("train_y", train_y, train_x.shape[0], "train_x")
     test_y = as_labels("test_y", test_y, test_x.shape[0], "test_x")

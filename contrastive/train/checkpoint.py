@@ -9,15 +9,20 @@ deleted by a failed run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import shutil
 import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from contrastive import locks
 from contrastive.train.config import ConfigError, flatten
+
+LOCK_NAME = "job.lock"
 
 # Config keys that may differ when resuming: they do not change what the state means or how it evolves.
 RESUMABLE_KEYS = ("num_steps", "log_every", "progress", "compilation_cache_dir", "stop_grace_s", "checkpoint.",
@@ -57,6 +62,34 @@ def check_workdir_config(workdir: pathlib.Path, config) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: pathlib.Path):
+    """One job per workdir: process 0 holds `<workdir>/job.lock` while the block runs (`contrastive.locks`:
+    released when the job ends or dies, so a dead job's lock is taken over at once). A second job is
+    refused with ConfigError naming the holder (host, pid, start time) before it writes anything; all
+    processes of a job learn process 0's answer and refuse alike. The processes of one job share a
+    workdir, so only process 0 locks; two jobs on different machines exclude each other where the shared
+    filesystem supports flock (NFS does)."""
+    lock, held_by = locks.HeldLock(workdir / LOCK_NAME), ""
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except locks.LockHeld as e:
+            held_by = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(bool(held_by))))
+        held_by = held_by or (locks.describe_holder(workdir / LOCK_NAME) if refused else "")
+    if held_by:
+        raise ConfigError(f"--workdir {workdir} is in use by another job ({held_by}; lock file "
+                          f"{workdir / LOCK_NAME}): wait for it to end or stop it, or use another --workdir")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Checkpointer:

@@ -28,7 +28,7 @@ from contrastive.models.encoders import build_model, mixing_modules
 from contrastive.models.encoders import check as check_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
 from contrastive.train import evaluators, image_text
-from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config
+from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config, hold_workdir
 from contrastive.train.config import ConfigError, flatten
 from contrastive.train.metrics_writer import MetricsWriter
 from contrastive.train.objectives import DEFAULT_NONFINITE_HINT, loss_family, make_image_text_objective, view_method
@@ -183,8 +183,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     except ValueError as e:
         raise ConfigError(f"config.batch_size: {e}") from None
     state = jax.device_put(built.state, state_shardings(built.state, setup.mesh))
+    _trace_step(built.train_step, state, batches)
+    with hold_workdir(workdir):  # one job per workdir: a second one is refused here, having changed nothing
+        return _train_held(config, workdir, setup, built, batches, state)
+
+
+def _train_held(config, workdir: pathlib.Path, setup: Setup, built: Built, batches, state) -> dict:
+    """(3) Resume, (4) train and (5) evaluate, in a workdir this job holds."""
     train_step = built.train_step
-    _trace_step(train_step, state, batches)
     check_workdir_config(workdir, config)
     checkpointer = Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
 

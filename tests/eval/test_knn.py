@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 from contrastive.eval import knn_accuracy, knn_predict
+from contrastive.eval.knn import knn_predict_streamed
 
 
 def numpy_knn_predict(train_x, train_y, test_x, k, temperature, num_classes):
@@ -113,3 +114,35 @@ def test_invariant_to_the_order_of_the_training_set(clustered, seed):
         knn_predict(train_x[order], train_y[order], test_x, 0.07, **kwargs),
         knn_predict(train_x, train_y, test_x, 0.07, **kwargs),
     )
+
+
+# ------------------------------------------------------------------------- the bank streamed in blocks
+@pytest.mark.slow
+@pytest.mark.parametrize("bank_block", [100, 898])  # the last of 9 blocks padded; one block of the whole half
+def test_streamed_bank_predicts_as_the_whole_bank_on_digits(digits_halves, bank_block):
+    train_x, train_y, test_x, _ = digits_halves
+    whole = knn_predict(train_x, train_y, test_x, 0.07, k=200, num_classes=10)
+    streamed = knn_predict_streamed(train_x, train_y, test_x, 0.07, k=200, num_classes=10, bank_block=bank_block)
+    np.testing.assert_array_equal(streamed, whole)
+
+
+def test_streamed_bank_matches_numpy_with_blocks_smaller_than_k(clustered):
+    train_x, train_y, test_x, _ = clustered  # 150 train rows: blocks of 7 (the last padded), k = 20
+    pred = knn_predict_streamed(train_x, train_y, test_x, 0.07, k=20, num_classes=5, batch_size=16, bank_block=7)
+    np.testing.assert_array_equal(pred, numpy_knn_predict(train_x, train_y, test_x, 20, 0.07, 5))
+
+
+def test_accuracy_streams_the_bank_only_beyond_a_block(clustered, monkeypatch):
+    """knn_accuracy sends at most `bank_block` train rows to the device at once, with the same accuracy."""
+    from contrastive.eval import knn
+
+    blocks = []
+    merge = knn._merge_block
+    monkeypatch.setattr(knn, "_merge_block", lambda *a, **kw: (blocks.append(a[3].shape), merge(*a, **kw))[1])
+    train_x, train_y, test_x, test_y = clustered
+    whole = knn_accuracy(train_x, train_y, test_x, test_y, k=20)
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=20, bank_block=150) == whole and not blocks
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=20, bank_block=40) == whole
+    assert blocks == [(40, 12)] * 4  # ceil(150 / 40) blocks of 40 rows
+    with pytest.raises(ValueError, match="bank_block"):
+        knn_accuracy(train_x, train_y, test_x, test_y, k=20, bank_block=-1)
