@@ -129,3 +129,15 @@ def test_registered_dataset_has_the_full_splits_fields_and_balance(tmp_path_fact
     assert pipeline.max_pixel_value("photo_digits") == 255.0
     captioned = pipeline.data_source("photo_digits_captions", "test", data_dir)
     assert len(captioned[0]["captions"]) == len(pd.CAPTION_TEMPLATES)
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "moco", "clip"])
+def test_photo_digits_configs_pass_the_runner_checks(name):
+    from contrastive.train import config as config_lib
+    from contrastive.train.runner import check_config
+
+    config = config_lib.load_config(f"configs/{name}_photo_digits.py", {})
+    setup = check_config(config)
+    assert config.model.encoder == "resnet18" and config.model.resnet.width == 0.25
+    assert setup.augment.flip_prob == (0.0,) and setup.augment.crop_scale == (0.3, 1.0)
+    assert config.data.name == ("photo_digits_captions" if name == "clip" else "photo_digits")

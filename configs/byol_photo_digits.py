@@ -1,0 +1,30 @@
+"""BYOL with a narrow ResNet-18 on the photo digits (contrastive.data.photo_digits).
+
+python -m contrastive.main --config configs/byol_photo_digits.py --workdir runs/byol_photo_digits
+
+Grill et al., "Bootstrap your own latent", NeurIPS 2020: an online network with an MLP predictor
+regresses the projections of an EMA target; no negatives. BatchNorm (synchronised over the global batch)
+in the projector and predictor as in the paper; target momentum 0.99 -> 1 along a cosine (the paper's
+0.996 is for hundreds of ImageNet epochs; this run is a few epochs). Encoder, data and step count as
+configs/simclr_photo_digits.py; views: BYOL's recipe (`byol`: blur on view 1, solarisation on view 2)
+with the same three changes for this data (no flip, crops >= 30%, hue jitter 0.5). Not tuned beyond
+these choices: the learning rate is the SimCLR config's.
+"""
+
+import ml_collections
+
+from configs import common
+from configs.simclr_photo_digits import photo_digits_base
+
+
+def get_config(arg: str | None = None):
+    del arg
+    c = photo_digits_base()
+    c.augment.recipe = "byol"
+    c.loss = ml_collections.ConfigDict({"name": "byol"})
+    c.model.head_norm = "batch"
+    c.model.predictor_hidden = (256,)
+    c.method = common.method_settings("byol")
+    c.method.ema.momentum = 0.99
+    c.method.ema.momentum_end = 1.0
+    return c

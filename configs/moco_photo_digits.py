@@ -1,0 +1,26 @@
+"""MoCo v2 with a narrow ResNet-18 on the photo digits (contrastive.data.photo_digits).
+
+python -m contrastive.main --config configs/moco_photo_digits.py --workdir runs/moco_photo_digits
+
+He et al., "Momentum Contrast", CVPR 2020; Chen et al., "Improved Baselines with Momentum Contrastive
+Learning" (MoCo v2), 2020. Queries from the online network, keys from its EMA (constant momentum 0.99 for
+a run of a few epochs; the paper's 0.999 is for ImageNet epochs), InfoNCE at temperature 0.2 over a
+queue of 2,048 past keys plus the batch's keys. Encoder, data, augmentations and step count as
+configs/simclr_photo_digits.py. Not tuned beyond these choices: the learning rate is the SimCLR config's.
+"""
+
+import ml_collections
+
+from configs import common
+from configs.simclr_photo_digits import photo_digits_base
+
+
+def get_config(arg: str | None = None):
+    del arg
+    c = photo_digits_base()
+    c.loss = ml_collections.ConfigDict({"name": "moco", "temperature": 0.2, "in_batch_negatives": True})
+    c.method = common.method_settings("moco")
+    c.method.queue_size = 2048
+    c.method.ema.momentum = 0.99
+    c.method.ema.momentum_end = 0.99
+    return c
