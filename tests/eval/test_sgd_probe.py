@@ -3,7 +3,6 @@
 Its agreement with the full-batch L-BFGS probe on the digits is tested through the evaluator
 (tests/eval/test_probes_at_scale.py)."""
 
-import jax
 import numpy as np
 import pytest
 
