@@ -21,23 +21,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from contrastive.losses.core import (
-    check_positive,
-    check_rank,
-    check_same_shape,
-    pair_metric_terms,
-    pair_metrics,
-    similarity,
-)
+from contrastive.losses.core import check_positive, check_rank, check_same_shape, num_devices, similarity
 from contrastive.losses.streamed import (
     block_row_losses,
     check_reduction,
     cross_modal_meta,
+    cross_modal_positives,
+    local_pair_metrics,
     pair_masks,
     reduce_rows,
     resolve_impl,
 )
-from contrastive.parallel.tiled import SUM
+from contrastive.parallel.tiled import MAX, SUM
 
 Array = jax.Array
 
@@ -48,12 +43,16 @@ def sigmoid_pair_losses(sim, positive_mask, scale, bias):
 
 
 def sigmoid_block_terms(image, image_meta, text, text_meta, params):
-    """One tile of the sigmoid loss as row sums (``contrastive.parallel.tiled`` format)."""
+    """One tile of the sigmoid loss as row sums (``contrastive.parallel.tiled`` format).
+
+    The scale multiplies the images before the matmul (one elementwise pass over the tile fewer); the only
+    metric term is each row's best negative logit (the similarity metrics come from the local rows,
+    ``streamed.local_pair_metrics``)."""
     positive_mask, negative_mask = pair_masks(image_meta, text_meta)
-    sim = similarity(image, text)
-    pair_losses = sigmoid_pair_losses(sim, positive_mask, params["scale"], params["bias"])
-    loss_terms = {SUM: {"loss": (pair_losses, jnp.ones_like(positive_mask))}}
-    return loss_terms, {}, pair_metric_terms(sim, positive_mask, negative_mask)
+    scaled = similarity(image.astype(jnp.float32) * params["scale"], text)
+    pair_losses = sigmoid_pair_losses(scaled, positive_mask, 1.0, params["bias"])
+    metric_terms = {MAX: {"best_neg_logit": (jax.lax.stop_gradient(scaled), negative_mask)}}
+    return {SUM: {"loss": (pair_losses, None)}}, {}, metric_terms
 
 
 def sigmoid_rows(totals, _):
@@ -102,4 +101,6 @@ def siglip(
         sigmoid_block_terms, sigmoid_rows, image, cross_modal_meta(b, 0, axis_name), text,
         cross_modal_meta(b, 1, axis_name), params, None, axis_name=axis_name, impl=impl, chunk_size=chunk_size,
     )
-    return reduce_rows(rows, reduction, axis_name), pair_metrics(metric_totals, axis_name)
+    metrics = local_pair_metrics(cross_modal_positives(image, text, axis_name), metric_totals[MAX]["best_neg_logit"],
+                                 params["scale"], b * num_devices(axis_name), axis_name)
+    return reduce_rows(rows, reduction, axis_name), metrics

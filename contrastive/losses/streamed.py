@@ -303,11 +303,7 @@ def cross_modal_xent(queries: Array, keys: Array, *, scale, axis_name, impl, chu
     q = ((queries, row_scale), cross_modal_meta(b, 0, axis_name))
     k = ((keys, row_scale), cross_modal_meta(b, 1, axis_name))
     if is_plain(params, options):
-        pair_sim = jnp.sum(queries.astype(jnp.float32) * keys.astype(jnp.float32), -1)
-        all_keys = global_sum(jnp.sum(keys.astype(jnp.float32), 0), axis_name)
-        positives = LocalPositives(sim=pair_sim, best=pair_sim, per_row=1, self_pairs=False,
-                                   sim_total=jnp.sum(queries.astype(jnp.float32) @ all_keys))
-        lean = functools.partial(infonce_xent, params=params, positives=positives, axis_name=axis_name, impl=impl,
+        lean = functools.partial(infonce_xent, params=params, positives=cross_modal_positives(queries, keys, axis_name), axis_name=axis_name, impl=impl,
                                  chunk_size=chunk_size,
                                  positives_in_denominator=options.get("positives_in_denominator", True))
         if impl == "ring" or axis_name is None:
@@ -331,6 +327,32 @@ def is_plain(params, options) -> bool:
     """Whether a softmax loss is plain InfoNCE: no variant, no positive weight, a scalar or per-row scale."""
     return (options.get("variants", PLAIN) == PLAIN and options.get("positive_weight") is None
             and jnp.ndim(params.get("scale", 1.0)) == 0)
+
+
+def cross_modal_positives(queries: Array, keys: Array, axis_name: str | None) -> "LocalPositives":
+    """The positives of the cross-modal layout: query i's is key i (both local)."""
+    queries, keys = queries.astype(jnp.float32), keys.astype(jnp.float32)
+    pair_sim = jnp.sum(queries * keys, -1)
+    all_keys = global_sum(jnp.sum(keys, 0), axis_name)
+    return LocalPositives(sim=pair_sim, best=pair_sim, sim_total=jnp.sum(queries @ all_keys), per_row=1,
+                          self_pairs=False)
+
+
+def local_pair_metrics(positives: "LocalPositives", best_neg_logit, scale, candidates: int, axis_name):
+    """``core.pair_metrics`` from the local positives and each row's best negative logit (``scale`` > 0 times
+    the similarity, per row or a scalar): a row is a top-1 hit when its best positive logit beats it.
+    ``candidates``: global columns per row (itself and its positives included)."""
+    p = jax.lax.stop_gradient(positives)
+    anchors = p.sim.shape[0] * num_devices(axis_name)
+    pos_total = jnp.sum(p.sim) * p.per_row
+    hits = jnp.sum(jax.lax.stop_gradient(p.best * scale) > best_neg_logit, dtype=jnp.float32)
+    totals = global_sum({"pos": pos_total, "neg": p.sim_total - pos_total, "hits": hits}, axis_name)
+    num_neg = anchors * (candidates - p.per_row - int(p.self_pairs))
+    return {
+        "pos_sim": totals["pos"] / (anchors * p.per_row),
+        "neg_sim": totals["neg"] / max(num_neg, 1),
+        "top1_acc": totals["hits"] / anchors,
+    }
 
 
 @jax.tree_util.register_dataclass
@@ -395,18 +417,6 @@ def infonce_xent(queries, query_meta, keys, key_meta, params, positives: LocalPo
     row_scale_or_scalar = params["scale"] if queries[1] is None else queries[1]
     pos_logit = positives.sim * row_scale_or_scalar
     with_loss = lambda r: None if r is None else {"loss": r["log_denominator"] - pos_logit} | r
-    p = jax.lax.stop_gradient(positives)
-    rows_here = p.sim.shape[0]
-    cols = num_rows(keys) * num_devices(axis_name)  # global candidates per row (incl. itself and positives)
-    pos_total = jnp.sum(p.sim) * p.per_row
-    totals = global_sum({"pos": pos_total, "neg": p.sim_total - pos_total,
-                         "hits": jnp.sum(jax.lax.stop_gradient(p.best * row_scale_or_scalar) > metric_totals[MAX]["best_neg_logit"],
-                                         dtype=jnp.float32)}, axis_name)
-    anchors = rows_here * num_devices(axis_name)
-    num_neg = anchors * (cols - p.per_row - int(p.self_pairs))
-    metrics = {
-        "pos_sim": totals["pos"] / (anchors * p.per_row),
-        "neg_sim": totals["neg"] / max(num_neg, 1),
-        "top1_acc": totals["hits"] / anchors,
-    }
+    metrics = local_pair_metrics(positives, metric_totals[MAX]["best_neg_logit"], row_scale_or_scalar,
+                                 num_rows(keys) * num_devices(axis_name), axis_name)
     return with_loss(rows), with_loss(key_rows), metrics
