@@ -81,6 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log_every = 10
     c.progress = True
+    c.logging = ml_collections.ConfigDict()
+    # Every scalar of metrics.jsonl, eval_history.jsonl and eval.json also as TensorBoard events in
+    # <workdir>/tensorboard/{train,eval}, when the tensorboard package is installed (the [tensorboard] extra);
+    # without it one line says so and the run goes on. `tensorboard --logdir <workdir>` shows them.
+    c.logging.tensorboard = True
     # After the first SIGTERM/SIGINT the run stops once the step in flight is done and saved; if no step
     # finishes within this many seconds (a hung step), or a second signal comes, it exits at once.
     c.stop_grace_s = 120.0

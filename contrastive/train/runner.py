@@ -30,7 +30,7 @@ from contrastive.parallel.mesh import check_global_batch, make_mesh
 from contrastive.train import evaluators, image_text
 from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config, hold_workdir
 from contrastive.train.config import ConfigError, flatten
-from contrastive.train.metrics_writer import MetricsWriter
+from contrastive.train.metrics_writer import MetricsWriter, tensorboard_dir, write_tensorboard_scalars
 from contrastive.train.objectives import DEFAULT_NONFINITE_HINT, loss_family, make_image_text_objective, view_method
 from contrastive.train.optim import build_optimizer, learning_rate_schedule
 from contrastive.train.step import init_state, make_encode_fn, make_train_step, state_shardings
@@ -202,12 +202,14 @@ def _train_held(config, workdir: pathlib.Path, setup: Setup, built: Built, batch
     if restored is not None and primary:
         print(f"resumed from the checkpoint at step {step} in {workdir / 'checkpoints'}", file=sys.stderr)
     start = int(state.step)
-    writer = MetricsWriter(workdir / "metrics.jsonl", start, enabled=primary)
+    writer = MetricsWriter(workdir / "metrics.jsonl", start, enabled=primary,
+                           tensorboard_dir=tensorboard_dir(config, workdir, "train"))
     meta = {"config": flatten(config), "global_batch_size": config.batch_size}
 
     # (4) Train.
     try:
-        periodic = _PeriodicEval(setup.evals, built.eval_context, workdir / "eval_history.jsonl", start, primary)
+        periodic = _PeriodicEval(setup.evals, built.eval_context, workdir / "eval_history.jsonl", start, primary,
+                                 tensorboard_dir(config, workdir, "eval"))
         hint = setup.method.nonfinite_hint if setup.method is not None else ""
         state = _train_loop(config, state, train_step, batches, checkpointer, writer, meta, start, periodic, hint)
     finally:
@@ -222,6 +224,7 @@ def _train_held(config, workdir: pathlib.Path, setup: Setup, built: Built, batch
     results["step"] = int(state.step)
     if primary:
         (workdir / "eval.json").write_text(json.dumps(results, indent=2))
+        write_tensorboard_scalars(tensorboard_dir(config, workdir, "eval"), results["step"], results)
         print(evaluators.format_results(at_end, results))
     checkpointer.close()
     return results
@@ -286,11 +289,13 @@ class _PeriodicEval:
     """Each `config.evals` entry every its `every_steps` steps (0: never), one JSON line per step at which
     any is due in eval_history.jsonl."""
 
-    def __init__(self, evals, eval_context, path: pathlib.Path, start_step: int, primary: bool = True):
+    def __init__(self, evals, eval_context, path: pathlib.Path, start_step: int, primary: bool = True,
+                 tensorboard: pathlib.Path | None = None):
         self.evals = [(e, options) for e, options in evals if options["every_steps"]]
         self.eval_context, self.path, self.primary = eval_context, path, primary
         # Evaluations after `start_step` belong to steps this run recomputes: drop them, as in metrics.jsonl.
-        self.writer = MetricsWriter(path, start_step + 1, enabled=primary) if self.evals else None
+        self.writer = MetricsWriter(path, start_step + 1, enabled=primary, tensorboard_dir=tensorboard) \
+            if self.evals else None
 
     def __call__(self, done: int, num_steps: int, state) -> None:
         due = [(e, options) for e, options in self.evals if done % options["every_steps"] == 0]

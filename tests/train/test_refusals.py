@@ -73,6 +73,7 @@ BAD = {
     "checkpoint.keep": (DEFAULT, ["0", "'x'"]),
     "log_every": (DEFAULT, ["0", "'x'"]),
     "progress": (DEFAULT, ["'yes'", "1"]),
+    "logging.tensorboard": (DEFAULT, ["'yes'", "1"]),
     "compilation_cache_dir": (DEFAULT, ["/dev/null/cache"]),
     "stop_grace_s": (DEFAULT, ["0.0", "-1.0", "'x'"]),
     "eval.at_end": (DEFAULT, ["'yes'", "1"]),

@@ -1,0 +1,37 @@
+"""The speed benchmark (experiments/loss_speed.py): its naive baselines compute our losses, and a case run in
+its own process reports every implementation with agreeing values."""
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import loss_speed as ls
+from tests.losses.helpers import random_embeddings, unit_rows
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+@pytest.mark.parametrize("devices", [1, 8])
+def test_naive_baselines_equal_our_losses_in_value_and_gradient(loss, devices):
+    x, y = unit_rows(random_embeddings(0, 32, 8)), unit_rows(random_embeddings(1, 32, 8))
+    naive = jax.jit(jax.value_and_grad(ls.naive_loss(loss, devices), argnums=(0, 1)))(x, y)
+    ours = jax.jit(jax.value_and_grad(ls.ours_loss(loss, devices, impl="gather"), argnums=(0, 1)))(x, y)
+    for a, b in zip(jax.tree.leaves(naive), jax.tree.leaves(ours), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_case_in_its_own_process_reports_every_implementation():
+    row = ls.run_case({"loss": "clip", "devices": 1, "dim": 32, "batch": 256, "repeats": 2, "budget_gib": 16},
+                      timeout=300)
+    assert "error" not in row, row.get("error")
+    impls = row["impls"]
+    assert {"naive", "dense", "tiled", "matmul"} <= set(impls) and row["auto"] == "dense"
+    assert row["peak_flops"] > 0
+    for name in ("naive", "dense", "tiled"):
+        r = impls[name]
+        assert len(r["times"]) == 2 and r["min_s"] <= r["seconds"] <= r["max_s"]
+        assert r["peak"] > 0 and r["xla_bytes"] > 0 and r["of_peak"] > 0
+        assert r["max_rel_diff"] < 1e-5  # the same loss and gradients as naive
+    assert abs(impls["dense"]["value"] - impls["naive"]["value"]) < 1e-5 * impls["naive"]["value"]
+    table = ls.report([row], "python experiments/loss_speed.py --quick", 1.0)
+    assert "| clip | 1 | 32 | 256 |" in table and "| dense |" in table
