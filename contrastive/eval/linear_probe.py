@@ -14,6 +14,13 @@ The fit is full-batch L-BFGS (`_lbfgs.minimize`) run to a gradient-norm toleranc
 jitted program: the fits of every `l2` of the grid on the fitting part of train and on all of train
 (one vmapped loop), the choice of `l2` on the stratified held-out part, and the test score. It is
 compiled once per (shapes, grid length, num_classes, max_iter) and reused by later calls.
+
+Memory: the program holds the train features on the device twice (as given and standardised) and, for
+each of the 2G fits at once, N x C logits and their gradients: XLA's memory analysis of the program for
+200,000 x 256 features, 100 classes and the default grid (G = 5) gives 3.4 GiB of temporaries (0.2 GiB of
+arguments); for an ImageNet train split (1.28M x 2048, 1000 classes) the 10 fits' logits alone are 51 GB,
+beside 21 GB of features. Features that big go to `sgd_probe.minibatch_linear_probe`, the same objective
+by mini-batches (the `probes` evaluator's `linear_solver='auto'` does so above `full_batch_max_elements`).
 """
 
 from __future__ import annotations
