@@ -257,7 +257,7 @@ def probe_features(seed: int, train_feats, train_labels, test_feats, test_labels
 
     Memory at ImageNet scale (1.28M x 2048 float32 train features: 10.5 GB on the host, 0.4 GB for 50k
     test rows): the mini-batch probe and the streamed kNN hold on the device what their docstrings say
-    (~0.2 GB and ~1 GB); the ridge probe, mean classifier and tolerance take the whole train or test
+    (~0.3 GB and ~1.1 GB); the ridge probe, mean classifier and tolerance take the whole train or test
     features onto the device (the ridge probe ~3 copies of the train features, 31 GB) and uniformity
     O(1024 x N_test). Train features that do not fit host memory are not supported.
     """
