@@ -33,6 +33,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.noise_std = 0.05
     c.augment.cutout_size = 3
     c.augment.cutout_prob = 0.5
+    # The simclr | simclr_cifar | byol recipes' ops (contrastive/data/augment.py). Per-view fields are
+    # tuples, view v uses entry v % len (e.g. blur_prob=(1.0, 0.1): BYOL); () = the recipe's value.
+    c.augment.crop_scale = (0.08, 1.0)  # random resized crop: area fraction range
+    c.augment.crop_ratio = (3 / 4, 4 / 3)  # aspect ratio (width / height) range, log-uniform
+    c.augment.flip_prob = ()  # per view; simclr, byol: 0.5
+    c.augment.jitter_prob = ()  # per view: colour jitter applied; 0.8
+    c.augment.jitter_brightness = ()  # per view: additive delta ~ U(-b, b); simclr 0.8, byol 0.4
+    c.augment.jitter_contrast = ()  # per view: factor ~ U(1 - c, 1 + c); simclr 0.8, byol 0.4
+    c.augment.jitter_saturation = ()  # per view: factor ~ U(1 - s, 1 + s); simclr 0.8, byol 0.2
+    c.augment.jitter_hue = ()  # per view: hue shift ~ U(-h, h) of the circle; simclr 0.2, byol 0.1
+    c.augment.grayscale_prob = ()  # per view; 0.2
+    c.augment.blur_prob = ()  # per view; simclr 0.5, simclr_cifar 0, byol (1.0, 0.1)
+    c.augment.blur_sigma = (0.1, 2.0)  # Gaussian blur sigma range, pixels
+    c.augment.blur_kernel_frac = 0.1  # kernel side / image height (23 at 224, 3 at 32)
+    c.augment.solarize_prob = ()  # per view; simclr 0, byol (0.0, 0.2)
+    c.augment.solarize_threshold = 0.5  # pixels >= threshold are inverted
 
     c.model = ml_collections.ConfigDict()
     c.model.encoder = "cnn"  # cnn | mlp | resnet18 | resnet34 | resnet50 | vit_ti | vit_s | vit_b
