@@ -21,8 +21,9 @@ its own process; inside it the implementations are compiled, warmed up once, the
 median of the rounds and the spread their min-max. In the same rounds a plain [1024, 1024] @ [1024, 1024]
 float32 matmul is timed: *of peak* = (3 x 2 B^2 d useful FLOPs: the similarities and the two input
 gradients) / time / that matmul's FLOP/s. Peak memory: the process's peak RSS (Linux ``VmHWM``, reset
-through ``/proc/self/clear_refs`` before each implementation's first call, so it is that call's peak on top
-of what the process already holds), and XLA's buffer assignment (temporaries + arguments + outputs per
+through ``/proc/self/clear_refs`` after ``malloc_trim`` before each implementation's first call, the
+implementations in increasing order of XLA's buffers, so it is that call's peak on top of what the process
+still holds: the runtime, inputs and compiled programs, ~0.3 GiB), and XLA's buffer assignment (temporaries + arguments + outputs per
 device). An implementation whose compiled program needs more than ``--budget-gib`` is not run. Values: every
 implementation's loss and gradients are compared with naive's (``max_rel_diff``).
 
@@ -65,6 +66,13 @@ def _rss_now() -> int:
 
 
 def _reset_rss_peak() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), then restart the peak at the current RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         pathlib.Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: VmHWM := VmRSS
     except OSError:
@@ -184,7 +192,9 @@ def worker(cfg: dict) -> dict:
     matmul = jax.jit(lambda m: m @ m.T).lower(a).compile()
     steps["matmul"], results["matmul"] = (lambda: jax.block_until_ready(matmul(a))), {}
     outputs = {}
-    for name, step in steps.items():  # warm-up; the peak RSS of the first call
+    # Warm-up, smallest program first (memory a process keeps after a call hides smaller peaks, not larger).
+    for name in sorted(steps, key=lambda n: results[n].get("xla_bytes", 0)):
+        step = steps[name]
         _reset_rss_peak()
         before = _rss_now()
         outputs[name] = step()
@@ -240,7 +250,8 @@ def _cell(r: dict | None) -> str:
     if "error" in r:
         return r["error"]
     return (f"{_secs(r['seconds'])} ({_secs(r['min_s'])}-{_secs(r['max_s'])}), "
-            f"{r['peak'] / GIB:.2f} GiB, {r['of_peak']:.0%}")
+            f"{r['peak'] / GIB:.2f} GiB" + (f" (XLA {r['xla_bytes'] / GIB:.2f})" if "xla_bytes" in r else "")
+            + f", {r['of_peak']:.0%}")
 
 
 def _secs(t: float) -> str:
@@ -252,7 +263,7 @@ def report(rows: list[dict], command: str, elapsed: float) -> str:
         f"# Loss speed: ours vs naive JAX vs open_clip\n\n`{command}`, {elapsed / 60:.1f} min, one run on "
         f"{platform.machine()} ({os.cpu_count()} CPU cores, shared with other jobs: ratios within a row are "
         "meaningful, absolute times drift). Forward + backward, float32. Cell: median time (min-max over "
-        "the rounds), peak RSS of the first call, fraction of the square-matmul peak measured in the same "
+        "the rounds), peak RSS of the first call (XLA: the compiled program's buffers per device), fraction of the square-matmul peak measured in the same "
         "rounds. *auto* = the implementation `impl='auto'` picks; *naive / auto* = the median over the rounds "
         "of naive's time / auto's in the same round (above 1: ours is faster), and its min-max. "
         "Max rel. diff = largest relative difference of loss and gradients from naive.",

@@ -51,15 +51,13 @@ Array = jax.Array
 IMPLS = ("auto", "gather", "ring")
 REDUCTIONS = ("mean", "none")
 
-# impl='auto' (the default of every loss on these paths) at trace time, from static shapes. Measured in
-# experiments/results/loss_memory.md (CLIP forward + backward, 2 shared CPU cores, tiles of 512, one run of
-# the full sweep): from B = 4,096 global candidate rows on, the streamed paths are 1.7-3.8x faster than
-# gather on 1 and 8 devices, d = 128 and 512 (e.g. 8 devices, d = 128: 0.608 s gather vs 0.268 s ring at
-# 4,096), while gather's peak grows as b_local x B (8.47 GiB at 16,384 vs 0.40 GiB tiled). Below 4,096
-# neither is faster in every run on this noisy machine (8 devices, d = 128: gather 0.032 / 0.100 s vs ring
-# 0.035 / 0.116 s at 1,024 / 2,048; one device had tiled 2.2x faster there in that run, gather faster at
-# 1,024 in an earlier one), so the dense reference path is kept below 4,096 (then at most 16 M logits).
-AUTO_MIN_GLOBAL_ROWS = 4096
+# impl='auto' (the default of every loss on these paths) at trace time, from static shapes. Measured by
+# experiments/loss_speed.py (results in experiments/results/loss_speed.md; CLIP and SigLIP forward + backward,
+# one device, 2 shared CPU cores): the dense path is the fastest of ours at every B there (the tiled path
+# recomputes the similarities in its backward: 4 matmuls of B x B x d instead of 3), but its buffers grow as
+# b_local x B (CLIP, d = 512: XLA's buffers 0.16 / 0.57 GiB at B = 4,096 / 8,192, tiled 0.04 / 0.08 GiB).
+# From 8,192 rows on the tiled path is kept: memory linear in B, and still faster than naive JAX there.
+AUTO_MIN_GLOBAL_ROWS = 8192
 AUTO_MAX_TILE = 512  # the benchmark's tile (B = 16,384: 45% / 65% of the square-matmul FLOP/s at d = 128 / 512)
 AUTO_MIN_TILE = 128  # smaller tiles are mostly loop overhead; then no tiling (or gather on 1 device)
 
@@ -91,8 +89,8 @@ def auto_impl(
         against the b_local x B logits); the streamed paths take a scalar or one value per row.
 
     Rule: ``('gather', None)`` (dense b_local x B logits, the reference) when a variant needs whole rows,
-    the scale is per pair, or the global rows are fewer than ``AUTO_MIN_GLOBAL_ROWS`` (4,096; where
-    the benchmark measured the streamed paths faster, see the comment above). Otherwise, sharded:
+    the scale is per pair, or the global rows are fewer than ``AUTO_MIN_GLOBAL_ROWS`` (8,192; below it
+    the dense path is the faster and its b_local x B logits are small, see the comment above). Otherwise, sharded:
     ``('ring', auto_chunk_size(local_rows))`` (b x b blocks around the ring, tiled when the local block
     is larger than one tile); one device: ``('gather', auto_chunk_size(local_rows))`` (the tiled path),
     or the dense path when no tile divides the rows.

@@ -17,19 +17,19 @@ from tests.parallel.cases import CASES, clip_positional, nt_xent_positional
     "local_rows, axis_size, sharded, expected",
     [
         (32, 1, False, ("gather", None)),  # tiny: dense reference
-        (2048, 1, False, ("gather", None)),  # below 4,096 global rows
-        (4095, 1, False, ("gather", None)),
-        (4096, 1, False, ("gather", 512)),  # one device: tiled
+        (4096, 1, False, ("gather", None)),  # below 8,192 global rows
+        (8191, 1, False, ("gather", None)),
+        (8192, 1, False, ("gather", 512)),  # one device: tiled
         (16384, 1, False, ("gather", 512)),
-        (4224, 1, False, ("gather", 128)),  # 4224 = 33 x 128: largest power of two in [128, 512]
-        (4500, 1, False, ("gather", 500)),  # no power of two in range divides: largest divisor
-        (4099, 1, False, ("gather", None)),  # prime: no tile, the dense path
-        (128, 8, True, ("gather", None)),  # B = 1,024 on 8 devices
-        (511, 8, True, ("gather", None)),  # 4,088 rows
-        (512, 8, True, ("ring", None)),  # B = 4,096: ring, the local block is one tile
+        (8320, 1, False, ("gather", 128)),  # 8320 = 65 x 128: largest power of two in [128, 512]
+        (9000, 1, False, ("gather", 500)),  # no power of two in range divides: largest divisor
+        (8209, 1, False, ("gather", None)),  # prime: no tile, the dense path
+        (512, 8, True, ("gather", None)),  # B = 4,096 on 8 devices
+        (1023, 8, True, ("gather", None)),  # 8,184 rows
+        (1024, 8, True, ("ring", 512)),  # B = 8,192: ring, local blocks of 1,024 in tiles of 512
         (4096, 8, True, ("ring", 512)),  # large local blocks are tiled too
-        (4099, 8, True, ("ring", None)),  # no tile divides: plain b x b ring blocks
-        (4096, 1, True, ("ring", 512)),  # an axis of size 1 still takes the ring
+        (8209, 8, True, ("ring", None)),  # no tile divides: plain b x b ring blocks
+        (8192, 1, True, ("ring", 512)),  # an axis of size 1 still takes the ring
     ],
 )
 def test_auto_rule(local_rows, axis_size, sharded, expected):
@@ -77,7 +77,7 @@ IMAGE_TEXT = {"clip": (clip, {"logit_scale": 5.0}), "siglip": (siglip, {"logit_s
 
 
 @pytest.mark.parametrize("loss", sorted(IMAGE_TEXT))
-@pytest.mark.parametrize("batch, streams", [(1024, False), (4096, True)])
+@pytest.mark.parametrize("batch, streams", [(4096, False), (8192, True)])
 def test_default_resolves_by_global_rows_when_sharded(batch, streams, loss):
     loss_fn, hparams = IMAGE_TEXT[loss]
     jaxpr = _jaxpr(loss_fn, (batch, 16), (batch, 16), distributed=True, **hparams)
@@ -85,7 +85,7 @@ def test_default_resolves_by_global_rows_when_sharded(batch, streams, loss):
     assert ("all_gather" in jaxpr) != streams
 
 
-@pytest.mark.parametrize("pairs, streams", [(1024, False), (2048, True)])  # 2N = 2,048 / 4,096 rows
+@pytest.mark.parametrize("pairs, streams", [(2048, False), (4096, True)])  # 2N = 4,096 / 8,192 rows
 def test_default_resolves_by_global_rows_on_one_device(pairs, streams):
     jaxpr = _jaxpr(nt_xent, (pairs, 16), (pairs, 16), distributed=False, temperature=0.5)
     assert ("scan" in jaxpr or "while" in jaxpr) == streams
@@ -97,7 +97,8 @@ def test_hardest_negatives_keep_the_dense_path():
 
 
 # ----------------------------------------------------------------------------------------- auto == gather
-def test_auto_on_one_device_equals_gather_where_it_tiles():
+def test_auto_on_one_device_equals_gather_where_it_tiles(monkeypatch):
+    monkeypatch.setattr(streamed, "AUTO_MIN_GLOBAL_ROWS", 4096)  # the rule at half the size: a faster test
     z1, z2 = random_embeddings(20, 2048, 8), random_embeddings(21, 2048, 8)  # 4,096 rows: tiles of 512
     args = (z1, z2, np.float32(0.5))
     assert auto_impl(2 * 2048, 1, sharded=False) == ("gather", 512)
@@ -106,7 +107,8 @@ def test_auto_on_one_device_equals_gather_where_it_tiles():
     assert_trees_close(auto, gather, rtol=1e-4, atol=1e-7)
 
 
-def test_auto_on_eight_devices_equals_gather_where_it_rings():
+def test_auto_on_eight_devices_equals_gather_where_it_rings(monkeypatch):
+    monkeypatch.setattr(streamed, "AUTO_MIN_GLOBAL_ROWS", 4096)  # the rule at half the size: a faster test
     x, y = unit_rows(random_embeddings(22, 4096, 8)), unit_rows(random_embeddings(23, 4096, 8))
     args = (x, y, np.float32(5.0))
     assert auto_impl(4096 // 8, 8, sharded=True) == ("ring", None)
@@ -145,8 +147,8 @@ def _jaxpr_supcon(z, temperature, labels):
 
 @pytest.mark.parametrize("loss", sorted(IMAGE_TEXT))
 def test_default_is_memory_bounded_at_large_batch(loss):
-    """XLA's buffer plan for the default at B = 4,096 on one device: far below one B x B logit matrix."""
-    b = 4096
+    """XLA's buffer plan for the default at B = 8,192 on one device: far below one B x B logit matrix."""
+    b = 8192
     x = jax.ShapeDtypeStruct((b, 16), jnp.float32)
     loss_fn, hparams = IMAGE_TEXT[loss]
     f = jax.jit(jax.grad(lambda a, c: loss_fn(a, c, **hparams)[0], argnums=(0, 1)))
