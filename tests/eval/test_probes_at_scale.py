@@ -1,5 +1,7 @@
 """The evaluators at scale: features encoded over the mesh, the linear solver and the kNN bank chosen by size."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -24,32 +26,33 @@ def encoder():
     return config, graphdef, state, images
 
 
-def test_features_are_encoded_over_every_device_of_the_mesh(encoder):
+def test_features_are_encoded_over_every_device_of_the_mesh():
     """100 rows in batches of 20 (rounded up to 24 on 8 devices, the last padded): each call sees its rows
-    split over the 8 devices, and the features are those of one device, up to float round-off."""
-    _, graphdef, state, images = encoder
-    encode, seen = make_encode_fn(graphdef), []
+    split over the 8 devices, and the outputs are those of one device, up to float round-off."""
+    images = np.random.default_rng(0).integers(0, 17, (100, 8, 8, 1)).astype(np.uint8)
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(64, 32)), jnp.float32)
+    encode, seen = jax.jit(lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ weights)), []
 
     def fn(chunk):
         seen.append(chunk.sharding)
-        return encode(state.params, state.model_state, chunk.astype(np.float32) / 16.0)
+        return encode(chunk.astype(jnp.float32) / 16.0)
 
     sharded = evaluators.batched(fn, images, 20, make_mesh(8))
     assert [s.num_devices for s in seen] == [8] * 5 and all(isinstance(s, NamedSharding) for s in seen)
     assert {s.spec for s in seen} == {P("data")}
     one = evaluators.batched(fn, images, 20, make_mesh(1))
-    plain = evaluators.batched(lambda c: encode(state.params, state.model_state, c.astype(np.float32) / 16.0),
-                               images, 20)
+    plain = evaluators.batched(lambda c: encode(c.astype(np.float32) / 16.0), images, 20)
     assert sharded.shape == one.shape == plain.shape == (100, 32)
     np.testing.assert_allclose(sharded, one, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one, plain, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_context_encodes_on_the_mesh_of_the_train_state(encoder):
     config, graphdef, state, images = encoder
     config.eval.batch_size = 32
     mesh = make_mesh(8)
-    placed = __import__("jax").device_put(state, state_shardings(state, mesh))
+    placed = jax.device_put(state, state_shardings(state, mesh))
 
     def context(s):
         return evaluators.EvalContext(config=config, graphdef=graphdef, state=s, family="views", pixel_max=16.0,
