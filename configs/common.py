@@ -15,11 +15,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.grad_cache_chunks = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"
+    c.data.name = "digits"  # | photo_digits | cifar10 | cifar100 | stl10 | imagenette | imagenet2012 | any TFDS name
     c.data.data_dir = "~/tensorflow_datasets"
-    c.data.train_split = "train"
+    c.data.train_split = "train"  # stl10: 'unlabelled' pre-trains on its 100,000 unlabelled images
     c.data.test_split = "test"
-    c.data.in_memory = True  # read the split into memory once (small datasets)
+    c.data.probe_train_split = ""  # the labelled split the probes are fitted on; '' = train_split
+    c.data.in_memory = True  # read the split into memory once (small datasets; False for ImageNet)
+    # (H, W): every image scaled so that its shorter side fits, then centre-cropped, on the host; () keeps
+    # the stored size (imagenette and imagenet2012 vary in size and need one)
+    c.data.image_size = ()
+    c.data.num_workers = 0  # threads reading, decoding and resizing examples; 0 = one per CPU core
+    c.data.prefetch = 2  # batches read ahead while a step runs
 
     c.augment = ml_collections.ConfigDict()
     c.augment.num_views = 2
@@ -127,7 +133,6 @@ def image_text_config(loss_name: str) -> ml_collections.ConfigDict:
 
     c = base_config()
     c.data.name = "digits_captions"  # | coco_captions | ref_coco
-    c.data.image_size = ()  # (H, W) to resize to; () keeps the stored size
     c.augment.num_views = 1  # one view per image, paired with one of its captions
 
     c.loss = ml_collections.ConfigDict()

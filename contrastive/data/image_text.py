@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from contrastive.data import datasets
+from contrastive.data.pipeline import resize_image
 from contrastive.data.tokenizer import PAD_ID, WordTokenizer
 
 KEYS = ("image", "label", "index", "tokens", "num_captions")
@@ -52,17 +53,8 @@ def classnames(name: str) -> tuple | None:
     return spec(name).classnames
 
 
-def resize(image: np.ndarray, size) -> np.ndarray:
-    """Bilinear resize of a uint8 [H, W, C] image to `size` = (H', W'); no-op when it already fits."""
-    size = tuple(int(s) for s in size)
-    if image.shape[:2] == size:
-        return image
-    from PIL import Image
-
-    channels = image.shape[-1]
-    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    out = np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR), np.uint8)
-    return out.reshape(*size, channels)
+# Images are fitted to `data.image_size` as the views family's are (shorter side, then the centre crop).
+resize = resize_image
 
 
 class CaptionedSource:

@@ -80,6 +80,7 @@ def _check_ranges(config) -> None:
     checks.check_fields(config, "", RULES)
     checks.check_fields(config.checkpoint, "checkpoint.", CHECKPOINT_RULES)
     checks.check_fields(config.eval, "eval.", EVAL_RULES)
+    checks.check_fields(config.data, "data.", pipeline.RULES)
     check_model(config.model)
 
 
@@ -146,18 +147,55 @@ def _check_grad_cache_model(config, model) -> None:
                           "sub-batch; e.g. model.head_norm='batch' does)")
 
 
-def load_split(config, split: str):
-    """The source of `split` of `config.data`, read into memory with `data.in_memory`; ConfigError naming
-    the fields when it cannot be read."""
+def open_split(config, split: str, key: str | None = None) -> pipeline.ImageExamples:
+    """The examples of `split` of `config.data` (fixed-shape images, label, index), read on access;
+    ConfigError naming the fields (`key`: the field that chose `split`) when it cannot be read."""
     d = config.data
-    split_key = "train_split" if split == d.train_split else "test_split" if split == d.test_split else "split"
+    key = key or ("train_split" if split == d.train_split else "test_split" if split == d.test_split else "split")
     try:
-        source = pipeline.data_source(d.name, split, str(pathlib.Path(d.data_dir).expanduser()))
+        raw = pipeline.data_source(d.name, split, str(pathlib.Path(d.data_dir).expanduser()))
     except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; each means this data cannot be read
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"config.data.name={d.name!r}, config.data.{split_key}={split!r} cannot be read from "
+        raise ConfigError(f"config.data.name={d.name!r}, config.data.{key}={split!r} cannot be read from "
                           f"config.data.data_dir={d.data_dir!r}: {reason}") from None
-    return pipeline.InMemorySource(pipeline.read_all(source)) if d.in_memory else source
+    try:
+        return pipeline.ImageExamples(raw, get_dataset(d.name), split, tuple(d.image_size) or None)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _in_memory(config, source):
+    """`source` read into memory with `data.in_memory` (by `data.num_workers` threads), else itself."""
+    if not config.data.in_memory:
+        return source
+    arrays = pipeline.read_all(source, num_workers=pipeline.worker_count(config.data.num_workers))
+    return pipeline.InMemorySource(arrays, labelled=source.labelled)
+
+
+def load_split(config, split: str, key: str | None = None):
+    """`open_split`, read into memory with `data.in_memory`."""
+    return _in_memory(config, open_split(config, split, key))
+
+
+def _check_labels(config, setup, train_source, probe_source, test_source) -> None:
+    """Refuse a method that needs labels (SupCon) on an unlabelled train split, and probes (their
+    classifiers are fitted on the probe split's labels and scored on the test split's) on an unlabelled
+    split: before anything is read into memory or computed."""
+    d = config.data
+    if setup.method.needs.labels and not train_source.labelled:
+        raise ConfigError(f"loss.name={config.loss.name!r} needs labels, but config.data.train_split="
+                          f"{d.train_split!r} of data.name={d.name!r} has none")
+    runs = lambda options: options["every_steps"] or (options["at_end"] and config.eval.at_end)
+    if not any(evaluator.name == "probes" and runs(options) for evaluator, options in setup.evals):
+        return
+    if not probe_source.labelled:
+        raise ConfigError(f"config.evals.probes needs labels, but the split it is fitted on, "
+                          f"{d.probe_train_split or d.train_split!r} of data.name={d.name!r}, has none "
+                          f"(config.data.probe_train_split={d.probe_train_split!r}; '' uses data.train_split): "
+                          "set config.data.probe_train_split to a labelled split, e.g. 'train', or remove evals.probes")
+    if not test_source.labelled:
+        raise ConfigError(f"config.evals.probes needs labels, but config.data.test_split={d.test_split!r} of "
+                          f"data.name={d.name!r} has none: set it to a labelled split, or remove evals.probes")
 
 
 def _to_host(metrics: dict) -> dict:
@@ -179,7 +217,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         built = _build_views(config, setup, workdir)
     try:
         batches = pipeline.GlobalBatches(built.train_source, global_batch_size=config.batch_size,
-                                         seed=config.seed, mesh=setup.mesh, keys=built.keys)
+                                         seed=config.seed, mesh=setup.mesh, keys=built.keys,
+                                         prefetch=config.data.prefetch,
+                                         num_workers=pipeline.worker_count(config.data.num_workers))
     except ValueError as e:
         raise ConfigError(f"config.batch_size: {e}") from None
     state = jax.device_put(built.state, state_shardings(built.state, setup.mesh))
@@ -244,8 +284,13 @@ def _trace_step(train_step, state, batches) -> None:
 
 
 def _build_views(config, setup, workdir: pathlib.Path) -> Built:
-    train_source = load_split(config, config.data.train_split)
-    test_source = load_split(config, config.data.test_split)
+    d = config.data
+    train_source, test_source = open_split(config, d.train_split), open_split(config, d.test_split)
+    own_probe_split = d.probe_train_split not in ("", d.train_split)
+    probe_source = open_split(config, d.probe_train_split, "probe_train_split") if own_probe_split else train_source
+    _check_labels(config, setup, train_source, probe_source, test_source)
+    train_source, test_source = _in_memory(config, train_source), _in_memory(config, test_source)
+    probe_source = _in_memory(config, probe_source) if own_probe_split else train_source
     image_shape = tuple(train_source[0]["image"].shape)
     try:
         setup.augment.check_image(image_shape)
@@ -270,13 +315,13 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
     def split_arrays(source):
         if id(source) not in arrays:
             arrays[id(source)] = source.arrays if isinstance(source, pipeline.InMemorySource) else \
-                pipeline.read_all(source)
+                pipeline.read_all(source, num_workers=pipeline.worker_count(d.num_workers))
         return arrays[id(source)]
 
     def eval_context(state):
         return evaluators.EvalContext(
             config=config, graphdef=graphdef, state=state, family="views", pixel_max=pixel_max,
-            train=split_arrays(train_source), load_test=lambda: split_arrays(test_source),
+            train=split_arrays(probe_source), load_test=lambda: split_arrays(test_source),
             build_model=lambda: build_model(config.model, image_shape, seed=config.seed), encode=encode,
             workdir=workdir if jax.process_index() == 0 else None)  # plots: process 0 only
 
