@@ -79,8 +79,8 @@ def test_two_processes_equal_one_and_resume_in_one(data_dir, compilation_cache, 
     np.testing.assert_allclose(losses, reference, rtol=1e-5)
     np.testing.assert_allclose([r["grad_norm"] for r in got], [r["grad_norm"] for r in want], rtol=1e-4)
     assert json.loads((workdir / "config.json").read_text())["batch_size"] == 64
-    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "eval.json", "metrics.jsonl",
-                                                         "similarities.png"]
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "eval.json", "job.lock",
+                                                         "metrics.jsonl", "similarities.png"]
     evaluation = json.loads((workdir / "eval.json").read_text())
     assert evaluation["step"] == reference_eval["step"] == STEPS
     for key, value in reference_eval["learned"].items():
@@ -211,3 +211,88 @@ def test_sigterm_stops_every_process_at_one_step(data_dir, compilation_cache, tm
     got, want = (read_metrics(d / "metrics.jsonl") for d in (workdir, tmp_path / "uninterrupted"))
     assert [r["step"] for r in got] == [r["step"] for r in want] and got[-1]["step"] == stopped + 1
     np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+
+
+def start_processes(workdir, args, tmp_path, *, heartbeat_timeout):
+    """Two `contrastive.main` processes started by hand, as a cluster scheduler starts them (no launcher)."""
+    port = free_port()
+    procs = []
+    for i in range(2):
+        log = (tmp_path / f"process_{i}.txt").open("w")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "contrastive.main", "--config", CONFIG, "--workdir", str(workdir), *args,
+             "--coordinator_address", f"localhost:{port}", "--num_processes", "2", "--process_id", str(i),
+             "--heartbeat_timeout", str(heartbeat_timeout)], stdout=log, stderr=subprocess.STDOUT, env=child_env(2)))
+    return procs
+
+
+def wait_for_steps(workdir, steps, procs, log_path, timeout=300):
+    deadline = time.monotonic() + timeout
+    while len(read_metrics(workdir / "metrics.jsonl")) < steps:
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_ends_the_other_and_the_relaunch_resumes(data_dir, compilation_cache, tmp_path):
+    """Process 1 is SIGKILLed mid-run: process 0 exits non-zero within the heartbeat timeout (jax's
+    coordination service declares the silent process dead and ends the job) instead of hanging in a
+    collective; a checkpoint being written then is left as orbax's temporary folder and never restored;
+    the relaunched job resumes from the last complete checkpoint to the losses of an uninterrupted run."""
+    workdir, heartbeat = tmp_path / "run", 5
+    settings = {"log_every": 2, "checkpoint.every_steps": 4, "optimizer.schedule": "constant"}
+    procs = start_processes(workdir, overrides(data_dir, compilation_cache, num_steps=2000, **settings), tmp_path,
+                            heartbeat_timeout=heartbeat)
+    try:
+        wait_for_steps(workdir, 10, procs, tmp_path / "process_0.txt")
+        procs[1].kill()
+        killed = time.monotonic()
+        code = procs[0].wait(timeout=heartbeat + 60)
+        waited = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    print(f"process 0 exited with {code} {waited:.1f} s after process 1 was killed (heartbeat timeout {heartbeat} s)")
+    assert code != 0 and waited < heartbeat + 30, (tmp_path / "process_0.txt").read_text()[-3000:]
+    complete = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    end = complete + 3
+    short = {**settings, "num_steps": end, "eval.at_end": False}
+    relaunch = subprocess.run(launch_command(workdir, overrides(data_dir, compilation_cache, **short), quiet=True),
+                              capture_output=True, text=True, timeout=300)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert f"resumed from the checkpoint at step {complete}" in relaunch.stderr + relaunch.stdout
+    train_and_evaluate(config_of(data_dir, compilation_cache, **short), tmp_path / "uninterrupted")
+    got, want = (read_metrics(d / "metrics.jsonl") for d in (workdir, tmp_path / "uninterrupted"))
+    assert [r["step"] for r in got] == [r["step"] for r in want] and got[-1]["step"] == end - 1
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_second_job_on_a_held_workdir_is_refused(data_dir, compilation_cache, tmp_path):
+    """A 2-process job on a workdir that a running job holds: both its processes refuse with exit status 2
+    and name the holder (process 0 of the first job); the first job's files are untouched and it goes on."""
+    workdir = tmp_path / "run"
+    args = overrides(data_dir, compilation_cache, num_steps=2000, log_every=2, **{"checkpoint.every_steps": 10000})
+    log = tmp_path / "first.txt"
+    first = subprocess.Popen(launch_command(workdir, args), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_steps(workdir, 2, [first], log)
+        holder = child_pid(first.pid, 0)
+        config_before = (workdir / "config.json").read_bytes()
+        second = subprocess.run(launch_command(workdir, args), capture_output=True, text=True, timeout=300)
+        assert second.returncode == EXIT_BAD_INPUT, second.stderr[-3000:]
+        errors = [line for line in second.stderr.splitlines() if "error:" in line]
+        assert sorted(line[:4] for line in errors) == ["[0] ", "[1] "], second.stderr[-3000:]
+        assert all(f"is in use by another job (host " in line and f"pid {holder}, since " in line
+                   for line in errors), errors
+        assert first.poll() is None and (workdir / "config.json").read_bytes() == config_before
+        steps_now = len(read_metrics(workdir / "metrics.jsonl"))
+        wait_for_steps(workdir, steps_now + 2, [first], log)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=180) == EXIT_INTERRUPTED, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    steps = [r["step"] for r in read_metrics(workdir / "metrics.jsonl")]
+    assert steps == sorted(set(steps)), steps  # one writer
