@@ -7,7 +7,8 @@
 For each config and seed: linear probe and kNN test accuracy of the learned features and of the same
 encoder at initialisation (same seed, no training; the image tower for clip), the training steps and the
 minutes the run took (training and evaluation, wall clock). Raw pixels do not depend on the config, so
-their probes are fitted once per seed (the seed picks the probe's held-out fifth) and form their own row.
+their probes are fitted once per seed (the seed picks the probe's held-out fifth), kept in
+`<workdir>/raw_pixels/seed<k>.json` for later invocations, and form their own row.
 Writes `experiments/results/photo_digits_table.md` (+ .json). A run whose workdir already holds a
 finished run is resumed, not retrained (its minutes are then the evaluation's only, and marked so).
 """
@@ -112,8 +113,13 @@ def main(argv=None) -> None:
             rows[label].append({"seed": seed, "eval": result, "minutes": minutes, "steps_per_s": rate,
                                 "resumed": resumed})
     for seed in args.seeds:
-        config = config_lib.load_config(CONFIGS["simclr"][0], overrides)
-        raw.append(raw_pixel_probes(config, seed))
+        cached = pathlib.Path(args.workdir) / "raw_pixels" / f"seed{seed}.json"  # the same for every config
+        if cached.exists():
+            raw.append(json.loads(cached.read_text()))
+        else:
+            raw.append(raw_pixel_probes(config_lib.load_config(CONFIGS["simclr"][0], overrides), seed))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(raw[-1]))
         print(f"raw pixels seed {seed}: linear probe {100 * raw[-1]['linear_probe']:.2f}%, "
               f"kNN {100 * raw[-1]['knn']:.2f}%", flush=True)
 
