@@ -120,8 +120,7 @@ class AugmentConfig:
         checks.check_fields(dataclasses.asdict(self), "augment.", {"recipe": checks.one_of(tuple(RECIPES))})
         settings = {**VIEW_DEFAULTS, **RECIPES[self.recipe].settings}
         for name in (*PER_VIEW, *RANGE_RULES):
-            value = getattr(self, name)
-            value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+            value = _as_tuple(getattr(self, name))
             if name in PER_VIEW and value == ():
                 value = _as_tuple(settings[name])
             object.__setattr__(self, name, value)
