@@ -35,3 +35,17 @@ def test_a_case_in_its_own_process_reports_every_implementation():
     assert abs(impls["dense"]["value"] - impls["naive"]["value"]) < 1e-5 * impls["naive"]["value"]
     table = ls.report([row], "python experiments/loss_speed.py --quick", 1.0)
     assert "| clip | 1 | 32 | 256 |" in table and "| dense |" in table
+
+
+def _square_buffers(fn, b=256, d=16):
+    """Instructions of the compiled fwd+bwd program that write a b x b float32 array (passes over the logits)."""
+    x = jax.ShapeDtypeStruct((b, d), np.float32)
+    hlo = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(x, x).compile().as_text()
+    return sum(f" = f32[{b},{b}]" in line for line in hlo.splitlines() if "parameter(" not in line)
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_our_dense_path_writes_no_more_logit_sized_arrays_than_naive_jax(loss):
+    """The regression the speed issue was about: the dense CLIP path wrote twice naive's b x b arrays."""
+    ours, naive = _square_buffers(ls.ours_loss(loss, 1, impl="gather")), _square_buffers(ls.naive_loss(loss, 1))
+    assert 0 < ours <= naive, (ours, naive)
