@@ -37,8 +37,8 @@ def overrides(data_dir, compilation_cache, **more):
     return [f"--config.{k}={v!r}" for k, v in values.items()]
 
 
-def config_of(data_dir, compilation_cache, **more):
-    c = load_config(CONFIG)
+def config_of(data_dir, compilation_cache, config_file=CONFIG, **more):
+    c = load_config(config_file)
     for key, value in {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": compilation_cache, **more}.items():
         node = c
         *parents, leaf = key.split(".")
@@ -48,10 +48,10 @@ def config_of(data_dir, compilation_cache, **more):
     return c
 
 
-def launch_command(workdir, args, *, processes=2, devices=2, quiet=False):
+def launch_command(workdir, args, *, processes=2, devices=2, quiet=False, config_file=CONFIG):
     return [sys.executable, "-m", "contrastive.launch", "--num_processes", str(processes),
             "--devices_per_process", str(devices), *(["--quiet_others"] if quiet else []), "--",
-            "--config", CONFIG, "--workdir", str(workdir), *args]
+            "--config", config_file, "--workdir", str(workdir), *args]
 
 
 def run_two_processes(workdir, data_dir, compilation_cache):
@@ -99,6 +99,45 @@ def test_two_processes_equal_one_and_resume_in_one(data_dir, compilation_cache, 
     again = read_metrics(resumed / "metrics.jsonl")
     assert [r["step"] for r in again] == list(range(STEPS))
     np.testing.assert_allclose([r["loss"] for r in again], reference, rtol=1e-5)
+
+
+def assert_same_floats(got: dict, want: dict, path="", atol=2.5e-3):
+    """Every float of nested result dicts equal to float32 tolerance, and an accuracy to within one of the
+    445 test images (features equal to float32 rounding may put one image on the other side of a boundary)."""
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert_same_floats(got[key], value, f"{path}{key}.", atol)
+        elif isinstance(value, float):
+            np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=atol, err_msg=path + key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file, processes, devices, more", [
+    ("configs/moco_digits.py", 4, 2, {"method.queue_size": 128}),  # a queue and an EMA key encoder
+    ("configs/byol_digits.py", 2, 2, {}),  # an EMA target and BatchNorm in the head, synchronised over the job
+    ("configs/clip_digits.py", 2, 2, {"model.text.width": 16, "model.text.depth": 1, "model.text.num_heads": 2}),
+])
+def test_stateful_and_image_text_methods_equal_one_process(data_dir, compilation_cache, tmp_path, config_file,
+                                                           processes, devices, more):
+    """MoCo on 4 processes x 2 devices, BYOL and CLIP on 2 x 2: the per-step losses and the final eval.json
+    of the same config in this one process on as many devices."""
+    workdir, reference_dir = tmp_path / "processes", tmp_path / "one_process"
+    settings = {**more, "evals.probes.representations": ("learned",)}
+    start = time.perf_counter()
+    result = subprocess.run(launch_command(workdir, overrides(data_dir, compilation_cache, **settings), quiet=True,
+                                           processes=processes, devices=devices, config_file=config_file),
+                            capture_output=True, text=True, timeout=420)
+    print(f"{config_file}: {processes} processes x {devices} devices, {STEPS} steps and the final eval: "
+          f"{time.perf_counter() - start:.1f} s")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = train_and_evaluate(config_of(data_dir, compilation_cache, config_file, num_devices=processes * devices,
+                                             **settings), reference_dir)
+    got, want = read_metrics(workdir / "metrics.jsonl"), read_metrics(reference_dir / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(STEPS))
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+    evaluation = json.loads((workdir / "eval.json").read_text())
+    assert sorted(evaluation) == sorted(reference)
+    assert_same_floats(evaluation, reference)
 
 
 def run_main(args, timeout=60):
