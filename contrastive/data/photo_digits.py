@@ -208,6 +208,4 @@ class PhotoDigits(tfds.core.GeneratorBasedBuilder):
 
 def photo_digits_builder(data_dir: str, config: PhotoDigitsConfig | None = None) -> PhotoDigits:
     """The prepared builder; prepares the array_record files under `data_dir` on first use."""
-    builder = PhotoDigits(data_dir=data_dir, file_format="array_record", config=config)
-    builder.download_and_prepare()
-    return builder
+    return digits.prepared(PhotoDigits, data_dir, config=config)  # one process prepares, others wait
