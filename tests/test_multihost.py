@@ -80,7 +80,9 @@ def test_two_processes_equal_one_and_resume_in_one(data_dir, compilation_cache, 
     np.testing.assert_allclose([r["grad_norm"] for r in got], [r["grad_norm"] for r in want], rtol=1e-4)
     assert json.loads((workdir / "config.json").read_text())["batch_size"] == 64
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "eval.json", "job.lock",
-                                                         "metrics.jsonl", "similarities.png"]
+                                                         "metrics.jsonl", "similarities.png", "tensorboard"]
+    # TensorBoard events of metrics.jsonl and eval.json: one event file each, process 0's
+    assert [len(list((workdir / "tensorboard" / run).iterdir())) for run in ("train", "eval")] == [1, 1]
     evaluation = json.loads((workdir / "eval.json").read_text())
     assert evaluation["step"] == reference_eval["step"] == STEPS
     for key, value in reference_eval["learned"].items():
