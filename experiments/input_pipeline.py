@@ -161,12 +161,7 @@ def run_config(base: str, num_steps: int, overrides: dict):
     c.log_every = 1
     c.optimizer.warmup_steps = 2
     c.checkpoint.every_steps = 10 * num_steps  # the final save only
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config_lib.set_values(c, overrides)
     return c
 
 

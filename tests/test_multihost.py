@@ -20,7 +20,7 @@ import pytest
 
 from contrastive.launch import child_env, free_port
 from contrastive.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, cluster_environment
-from contrastive.train.config import load_config
+from contrastive.train.config import load_config, set_values
 from contrastive.train.metrics_writer import read_metrics
 from contrastive.train.runner import train_and_evaluate
 
@@ -39,12 +39,7 @@ def overrides(data_dir, compilation_cache, **more):
 
 def config_of(data_dir, compilation_cache, config_file=CONFIG, **more):
     c = load_config(config_file)
-    for key, value in {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": compilation_cache, **more}.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_values(c, {**TINY, "data.data_dir": data_dir, "compilation_cache_dir": compilation_cache, **more})
     return c
 
 
@@ -325,7 +320,7 @@ def test_a_second_job_on_a_held_workdir_is_refused(data_dir, compilation_cache, 
         assert second.returncode == EXIT_BAD_INPUT, second.stderr[-3000:]
         errors = [line for line in second.stderr.splitlines() if "error:" in line]
         assert sorted(line[:4] for line in errors) == ["[0] ", "[1] "], second.stderr[-3000:]
-        assert all(f"is in use by another job (host " in line and f"pid {holder}, since " in line
+        assert all("is in use by another job (host " in line and f"pid {holder}, since " in line
                    for line in errors), errors
         assert first.poll() is None and (workdir / "config.json").read_bytes() == config_before
         steps_now = len(read_metrics(workdir / "metrics.jsonl"))

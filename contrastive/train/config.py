@@ -93,6 +93,18 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         node[leaf] = _coerce(key, node[leaf], _parse_value(text))
 
 
+def set_values(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+    """Set each dotted key of `values` (`{"model.widths": (8, 16)}`) in `config` as ConfigDict assignment does
+    (for code and tests; command-line text goes through `apply_override`). Returns `config`."""
+    for key, value in values.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
 def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
     """`--config.a.b=v` and `--config.a.b v` items of argv as (key, text) pairs."""
     out, i = [], 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from contrastive.train.config import load_config
+from contrastive.train.config import load_config, set_values
 
 
 @pytest.fixture
@@ -21,12 +21,7 @@ def tiny_config(data_dir, compilation_cache):
         c.optimizer.warmup_steps = 2
         c.checkpoint.every_steps = 5
         c.eval.at_end = False
-        for key, value in overrides.items():
-            node = c
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+        set_values(c, overrides)
         return c
 
     return make

@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from contrastive.train.config import ConfigError
+from contrastive.train.config import ConfigError, set_values
 from contrastive.train.metrics_writer import read_metrics
 from contrastive.train.runner import train_and_evaluate
 
@@ -85,12 +85,7 @@ def _leaves(tree):
 ])
 def test_bad_image_text_config_is_refused_before_compute(tiny_image_text, tmp_path, loss, overrides, message):
     config = tiny_image_text(loss)
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_values(config, overrides)
     with pytest.raises(ConfigError, match=message):
         train_and_evaluate(config, tmp_path / "w")
     assert not (tmp_path / "w").exists()
