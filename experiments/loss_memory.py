@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import pathlib
 import subprocess
 import sys
@@ -244,6 +245,13 @@ def worker_gradcache(cfg):
 
 
 # ----------------------------------------------------------------------------------------- driver side
+def _exception_line(stderr: str) -> str:
+    """The line of a worker's traceback that names the exception (jax appends a note after it)."""
+    lines = stderr.strip().splitlines() or ["?"]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b", line)]
+    return (named or lines)[-1][:300]
+
+
 def run_config(cfg: dict, timeout: float) -> dict:
     """Run one configuration in a fresh process (its own peak RSS, its own device count)."""
     env = dict(os.environ)
@@ -256,7 +264,7 @@ def run_config(cfg: dict, timeout: float) -> dict:
         row = cfg | {"error": f"timeout after {timeout:.0f}s"}
     else:
         if out.returncode:
-            row = cfg | {"error": (out.stderr.strip().splitlines() or ["?"])[-1][:200]}
+            row = cfg | {"error": _exception_line(out.stderr)}
         else:
             row = cfg | json.loads(out.stdout.strip().splitlines()[-1])
     print(f"[{time.strftime('%H:%M:%S')}, {time.time() - start:.0f} s] {json.dumps(row)}", flush=True)

@@ -345,10 +345,10 @@ def local_pair_metrics(positives: "LocalPositives", best_neg_logit, scale, candi
     pos_total = jnp.sum(p.sim) * p.per_row
     hits = jnp.sum(jax.lax.stop_gradient(p.best * scale) > best_neg_logit, dtype=jnp.float32)
     totals = global_sum({"pos": pos_total, "neg": p.sim_total - pos_total, "hits": hits}, axis_name)
-    num_neg = anchors * (candidates - p.per_row - int(p.self_pairs))
+    num_neg = float(anchors * (candidates - p.per_row - int(p.self_pairs)))  # past int32 from B = 46,341
     return {
         "pos_sim": totals["pos"] / (anchors * p.per_row),
-        "neg_sim": totals["neg"] / max(num_neg, 1),
+        "neg_sim": totals["neg"] / max(num_neg, 1.0),
         "top1_acc": totals["hits"] / anchors,
     }
 

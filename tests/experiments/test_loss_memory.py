@@ -28,8 +28,6 @@ def test_over_budget_configs_are_compiled_but_not_run():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="since the lean dense path (issue 15) the tiled probe at 4,096 rows reports an error "
-                   "inside worker_probe (the loss itself runs); not yet diagnosed", strict=False)
 def test_probe_finds_where_gather_leaves_the_budget():
     budget = 0.05  # GiB: gather's buffers grow ~4x per doubling of B and cross it between 1,024 and 4,096
     row = lm.run_config({"kind": "probe", "impl": "gather", "devices": 1, "dim": 32, "start": 256, "chunk": 128,

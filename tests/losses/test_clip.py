@@ -106,3 +106,11 @@ def test_bad_arguments_raise(shapes, kwargs, match):
     kwargs = {"logit_scale": 10.0, **kwargs}
     with pytest.raises(ValueError, match=match):
         jax.jit(lambda a, b: clip(a, b, **kwargs)).trace(*(jnp.ones(s) for s in shapes))
+
+
+@pytest.mark.parametrize("impl", ["gather", "ring"])  # with a chunk: tiled, ring
+def test_traces_past_int32_pair_counts(impl):
+    """At B = 65,536 there are B (B - 1) > 2**31 negative pairs: the metrics' counts must not overflow."""
+    rows = jax.ShapeDtypeStruct((65536, 4), jnp.float32)
+    value, metrics = jax.eval_shape(lambda x, y: clip(x, y, logit_scale=10.0, impl=impl, chunk_size=128), rows, rows)
+    assert value.shape == () and metrics["neg_sim"].dtype == jnp.float32
