@@ -32,11 +32,9 @@ import pathlib
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -46,6 +44,7 @@ from contrastive.data.augment import AugmentConfig, augment_views
 from contrastive.eval.probes import LINEAR_SOLVERS, PROBE_OPTIONS, probe_features
 from contrastive.eval.zero_shot import CLASS_SLOT
 from contrastive.parallel.mesh import DATA_AXIS, make_mesh
+from contrastive.train import eval_data
 from contrastive.train.config import ConfigError
 from contrastive.train.step import images_to_float, init_state
 
@@ -53,19 +52,24 @@ REPRESENTATIONS = ("learned", "random_init", "raw_pixels")
 RECALL_KS = (1, 5, 10)
 COMMON_OPTIONS = {"every_steps": 0, "at_end": True}
 COMMON_RULES = {"every_steps": checks.NON_NEGATIVE}
+# The largest N x (H x W x C) of a split whose raw pixels the probes take as features: 200M float32 values
+# (0.75 GiB on every process) admits CIFAR's 50,000 x 3,072, not ImageNet's 1.28M x 150,528 at 224.
+RAW_PIXELS_MAX = "raw_pixels_max_elements"
+RAW_PIXELS_MAX_ELEMENTS = 200_000_000
 
 
 def batched(fn, x: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
-    """fn over rows of x, `batch_size` rows per call (the last call padded: one compilation), as a host array.
+    """fn over rows of a host array x (e.g. caption tokens), `batch_size` rows per call (the last call
+    padded: one compilation), as a host array.
 
     With a `mesh`, each call's rows are sharded over its `data` axis (`batch_size` rounded up to a multiple
     of the axis size), so every device computes its part, and the outputs are gathered to the host (in a
     multi-process job every process gets every row: all must call with the same `x`). Without, one device.
+    Images are not passed this way: `EvalSplit.map` streams them from their source.
     """
     sharding = None
     if mesh is not None:
-        size = mesh.shape[DATA_AXIS]
-        batch_size = -(-batch_size // size) * size
+        batch_size = eval_data.padded_batch_size(batch_size, mesh)
         sharding = NamedSharding(mesh, P(DATA_AXIS))
     out = []
     for start in range(0, len(x), batch_size):
@@ -74,17 +78,16 @@ def batched(fn, x: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh | None =
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
         if sharding is not None:
             chunk = jax.make_array_from_callback(chunk.shape, sharding, lambda index, c=chunk: c[index])
-        result = fn(chunk)
-        host = np.asarray(jax.device_get(result)) if result.is_fully_addressable else \
-            np.asarray(multihost_utils.process_allgather(result, tiled=True))
-        out.append(host[: batch_size - pad])
+        out.append(eval_data.to_host(fn(chunk))[: batch_size - pad])
     return np.concatenate(out)
 
 
 @dataclasses.dataclass
 class EvalContext:
-    """What an evaluator reads. `train` and `test` are the splits' arrays (`image`, `label`, ...; `test` is
-    read on first use); `features(representation, split)` are cached for the evaluation's duration.
+    """What an evaluator reads. `train` and `test` are the splits (`eval_data.EvalSplit`; a dict of arrays
+    is wrapped into one): `len(split)`, its small fields whole (`split['label']`, `split['tokens']`, ...),
+    its images only through `map_images`, streamed in batches. `test` is opened on first use;
+    `features(representation, split)` are cached for the evaluation's duration.
 
     `encode` is the jitted encoder (`make_encode_fn`), `build_model` rebuilds the model as initialised (for
     `random_init`); `embed` (`make_dual_embed`), `tokenizer` and `classnames` are set for image-text runs.
@@ -95,8 +98,8 @@ class EvalContext:
     state: object
     family: str  # views | image_text
     pixel_max: float
-    train: dict
-    load_test: Callable[[], dict]
+    train: eval_data.EvalSplit | dict
+    load_test: Callable[[], eval_data.EvalSplit | dict]
     build_model: Callable[[], object]
     encode: Callable
     workdir: pathlib.Path | None = None
@@ -105,9 +108,17 @@ class EvalContext:
     classnames: tuple | None = None  # class names in label order, when the labels are classes
     _features: dict = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        self.train = self._as_split(self.train)
+
+    def _as_split(self, split) -> eval_data.EvalSplit:
+        if isinstance(split, eval_data.EvalSplit):
+            return split
+        return eval_data.EvalSplit.of_arrays(split, batch_size=self.config.eval.batch_size)
+
     @functools.cached_property
-    def test(self) -> dict:
-        return self.load_test()
+    def test(self) -> eval_data.EvalSplit:
+        return self._as_split(self.load_test())
 
     @functools.cached_property
     def mesh(self) -> jax.sharding.Mesh:
@@ -117,34 +128,40 @@ class EvalContext:
             return sharding.mesh
         return make_mesh(self.config.num_devices)
 
-    def _batched(self, fn, x: np.ndarray) -> np.ndarray:
-        return batched(fn, x, self.config.eval.batch_size, self.mesh)
-
-    def embed_images(self, images: np.ndarray) -> np.ndarray:
-        return self._batched(lambda c: self.embed(self.state.params, self.state.model_state,
-                                                  images_to_float(c, self.pixel_max), None), images)
-
-    def embed_texts(self, tokens: np.ndarray) -> np.ndarray:
-        return self._batched(lambda c: self.embed(self.state.params, self.state.model_state, None, c), tokens)
-
-    def split(self, name: str) -> dict:
+    def split(self, name: str) -> eval_data.EvalSplit:
         return self.train if name == "train" else self.test
 
-    def encode_images(self, params, model_state, images: np.ndarray, pixel_max: float | None = None) -> np.ndarray:
-        pixel_max = self.pixel_max if pixel_max is None else pixel_max
-        return self._batched(lambda c: self.encode(params, model_state, images_to_float(c, pixel_max)), images)
+    def map_images(self, fn, split: str):
+        """fn({'image': uint8 [B, ...], 'row': [B]}) over `split`'s batches on the mesh, gathered to [N, ...]
+        on every process (`EvalSplit.map`)."""
+        return self.split(split).map(fn, self.mesh)
+
+    def embed_images(self, split: str) -> np.ndarray:
+        """The dual encoder's image embeddings [N, d] of `split`."""
+        params, model_state = self.state.params, self.state.model_state
+        return self.map_images(lambda b: self.embed(params, model_state, images_to_float(b["image"], self.pixel_max),
+                                                    None), split)
+
+    def embed_texts(self, tokens: np.ndarray) -> np.ndarray:
+        return batched(lambda c: self.embed(self.state.params, self.state.model_state, None, c), tokens,
+                       self.config.eval.batch_size, self.mesh)
+
+    def encode_images(self, params, model_state, split: str) -> np.ndarray:
+        """The encoder's features [N, D] of `split` with these parameters."""
+        return self.map_images(lambda b: self.encode(params, model_state, images_to_float(b["image"], self.pixel_max)),
+                               split)
 
     def features(self, representation: str, split: str) -> np.ndarray:
         """[N, D] float32 features of `split`'s images: the encoder's output (learned or at init) or the
         flattened pixels in [0, 1]."""
         key = (representation, split)
         if key not in self._features:
-            images = self.split(split)["image"]
             if representation == "learned":
-                feats = self.encode_images(self.state.params, self.state.model_state, images)
+                feats = self.encode_images(self.state.params, self.state.model_state, split)
             elif representation == "random_init":
-                feats = self.encode_images(self._initial.params, self._initial.model_state, images)
-            elif representation == "raw_pixels":  # on the host: the same float32 division, no device copy
+                feats = self.encode_images(self._initial.params, self._initial.model_state, split)
+            elif representation == "raw_pixels":  # gathered as stored; the same float32 division on the host
+                images = self.map_images(lambda b: b["image"], split)
                 feats = np.asarray(images, np.float32).reshape(len(images), -1) / np.float32(self.pixel_max)
             else:
                 raise ValueError(f"representation {representation!r} is not one of {REPRESENTATIONS}")
@@ -168,6 +185,17 @@ class Evaluator:
     families: tuple[str, ...] = ("views", "image_text")
     format: Callable[[dict], list[str]] = lambda results: []
     check: Callable[[dict, object], None] = lambda options, config: None  # extra config-time checks
+    # checks against the sizes of the splits (`SplitSizes`), once they are opened and before any compute
+    check_sizes: Callable[[dict, "SplitSizes"], None] = lambda options, sizes: None
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSizes:
+    """The evaluated splits' row counts and the shape of one image."""
+
+    num_train: int
+    num_test: int
+    image_shape: tuple
 
 
 EVALUATORS: dict[str, Evaluator] = {}
@@ -211,6 +239,17 @@ def entries(config, family: str) -> list[tuple[Evaluator, dict]]:
     return out
 
 
+def check_sizes(chosen: list[tuple[Evaluator, dict]], config, sizes: SplitSizes) -> None:
+    """Each entry that will run (every N steps, or at the end with `eval.at_end`) checked against the splits'
+    sizes; ConfigError naming the option."""
+    for evaluator, options in chosen:
+        if options["every_steps"] or (options["at_end"] and config.eval.at_end):
+            try:
+                evaluator.check_sizes(options, sizes)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+
 def run_all(ctx: EvalContext, chosen: list[tuple[Evaluator, dict]]) -> dict:
     """The merged results of `chosen` entries (nested dicts merged key by key, later entries adding)."""
     results: dict = {}
@@ -235,16 +274,31 @@ def _merge(into: dict, more: dict) -> None:
 def _probes(ctx: EvalContext, options: dict) -> dict:
     if ctx.family == "image_text" and not ctx.classnames:
         return {}  # the labels are not classes (e.g. a COCO image's first object)
-    labels = ctx.train["label"], ctx.test["label"]
-    k = min(options["knn_k"], len(labels[0]))
-    results = {"knn_k": k, "knn_temperature": options["knn_temperature"], "num_train": len(labels[0]),
-               "num_test": len(labels[1])}
+    k = min(options["knn_k"], len(ctx.train))
+    results = {"knn_k": k, "knn_temperature": options["knn_temperature"], "num_train": len(ctx.train),
+               "num_test": len(ctx.test)}
     extra = {key: options[key] for key in PROBE_OPTIONS if key not in ("knn_k", "knn_temperature")}
     for name in options["representations"]:
-        results[name] = probe_features(ctx.config.seed, ctx.features(name, "train"), labels[0],
-                                       ctx.features(name, "test"), labels[1], knn_k=k,
+        # Features first: a streamed split's first pass also reads its labels.
+        train, test = ctx.features(name, "train"), ctx.features(name, "test")
+        results[name] = probe_features(ctx.config.seed, train, ctx.train["label"], test, ctx.test["label"], knn_k=k,
                                        knn_temperature=options["knn_temperature"], **extra)
     return results
+
+
+def _check_raw_pixels_size(options, sizes: SplitSizes) -> None:
+    """raw_pixels are the whole split's images as float32 on every process: refused above the option."""
+    if "raw_pixels" not in tuple(options["representations"]):
+        return
+    per_row = int(np.prod(sizes.image_shape))
+    largest = max(sizes.num_train, sizes.num_test) * per_row
+    if largest > options[RAW_PIXELS_MAX]:
+        raise ValueError(
+            f"evals.probes.representations includes 'raw_pixels', whose features are a whole split's images "
+            f"({max(sizes.num_train, sizes.num_test)} x {per_row} = {largest:,} float32 values, "
+            f"{4 * largest / 2**30:.1f} GiB on every process), more than evals.probes.{RAW_PIXELS_MAX}="
+            f"{options[RAW_PIXELS_MAX]:,}: leave 'raw_pixels' out of evals.probes.representations, or raise "
+            f"evals.probes.{RAW_PIXELS_MAX}")
 
 
 def _check_representations(options, config) -> None:
@@ -271,22 +325,26 @@ def _format_probes(results: dict) -> list[str]:
 
 
 PROBES = register_evaluator(Evaluator(
-    "probes", _probes, options={"representations": REPRESENTATIONS, **PROBE_OPTIONS},
+    "probes", _probes, options={"representations": REPRESENTATIONS, **PROBE_OPTIONS,
+                                RAW_PIXELS_MAX: RAW_PIXELS_MAX_ELEMENTS},
     rules={"knn_k": checks.POSITIVE, "knn_temperature": checks.POSITIVE, "knn_bank_block": checks.NON_NEGATIVE,
            "knn_query_block": checks.POSITIVE, "linear_solver": checks.one_of(LINEAR_SOLVERS),
            "full_batch_max_elements": checks.POSITIVE, "minibatch_size": checks.POSITIVE,
-           "minibatch_epochs": checks.POSITIVE, "minibatch_learning_rate": checks.POSITIVE},
-    format=_format_probes, check=_check_representations))
+           "minibatch_epochs": checks.POSITIVE, "minibatch_learning_rate": checks.POSITIVE,
+           RAW_PIXELS_MAX: checks.POSITIVE},
+    format=_format_probes, check=_check_representations, check_sizes=_check_raw_pixels_size))
 
 
 # ----------------------------------------------------------------------------------- view geometry
 def _view_geometry(ctx: EvalContext, options: dict) -> dict:
-    config, images = ctx.config, ctx.test["image"]
-    x = images_to_float(images, ctx.pixel_max)
-    views = augment_views(jax.random.PRNGKey(config.seed), x, jnp.arange(len(x)),
-                          AugmentConfig(**{**config.augment, "num_views": 2}))
-    f1, f2 = (ctx.encode_images(ctx.state.params, ctx.state.model_state, np.asarray(views[:, v]), 1.0)
-              for v in (0, 1))
+    config, params, model_state = ctx.config, ctx.state.params, ctx.state.model_state
+    key, augment = jax.random.PRNGKey(config.seed), AugmentConfig(**{**config.augment, "num_views": 2})
+
+    def two_views(batch):  # each row's views are keyed by its position in the split, whatever the batch
+        views = augment_views(key, images_to_float(batch["image"], ctx.pixel_max), batch["row"], augment)
+        return tuple(ctx.encode(params, model_state, images_to_float(views[:, v], 1.0)) for v in (0, 1))
+
+    f1, f2 = ctx.map_images(two_views, "test")
     out = {"alignment": float(evaluation.alignment(f1, f2))}
     if options["plot"] and ctx.workdir is not None:
         path = ctx.workdir / "similarities.png"
@@ -315,7 +373,7 @@ def _caption_embeddings(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.nd
     if "captions" not in ctx._features:
         test = ctx.test
         real = np.arange(test["tokens"].shape[1])[None, :] < test["num_captions"][:, None]  # [N, K]
-        image_emb, text_emb = ctx.embed_images(test["image"]), ctx.embed_texts(test["tokens"][real])
+        image_emb, text_emb = ctx.embed_images("test"), ctx.embed_texts(test["tokens"][real])
         ctx._features["captions"] = (image_emb, text_emb, np.nonzero(real)[0])
     return ctx._features["captions"]
 
@@ -323,7 +381,7 @@ def _caption_embeddings(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.nd
 def _retrieval(ctx: EvalContext, options: dict) -> dict:
     image_emb, text_emb, text_to_image = _caption_embeddings(ctx)
     ks = tuple(k for k in RECALL_KS if k <= min(len(image_emb), len(text_emb)))  # a tiny test split has < 10
-    results = {"num_train": int(len(ctx.train["image"])), "num_test": int(len(image_emb)),
+    results = {"num_train": len(ctx.train), "num_test": int(len(image_emb)),
                "num_test_captions": int(len(text_emb)),
                "retrieval": evaluation.image_text_retrieval(image_emb, text_emb, text_to_image=text_to_image, ks=ks)}
     if ctx.classnames:
