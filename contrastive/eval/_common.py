@@ -190,3 +190,22 @@ def counts_to_accuracies(out: dict, num_train: int, num_test: int, num_holdout: 
         else:
             result[key] = float(value)
     return result
+
+
+BLOCK_ROWS = 65536  # rows of host features per device block in the blockwise probes
+
+
+def row_blocks(block_rows: int, *arrays: np.ndarray):
+    """(valid, *blocks) for consecutive row blocks of the host arrays (same length): each block padded with
+    zero rows to `block_rows` (one compiled shape for all), `valid` a [block_rows] float32 0/1 mask."""
+    n = arrays[0].shape[0]
+    for start in range(0, n, block_rows):
+        count = min(block_rows, n - start)
+        valid = np.zeros(block_rows, np.float32)
+        valid[:count] = 1.0
+        blocks = []
+        for a in arrays:
+            block = np.zeros((block_rows, *a.shape[1:]), a.dtype)
+            block[:count] = a[start:start + count]
+            blocks.append(block)
+        yield valid, *blocks

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from contrastive.eval import sgd_probe
+from contrastive.eval import _common, sgd_probe
 from contrastive.eval.geometry import tolerance, uniformity
 from contrastive.eval.knn import knn_accuracy
 from contrastive.eval.linear_probe import linear_probe
@@ -27,7 +27,7 @@ PROBE_OPTIONS = {"knn_k": 200, "knn_temperature": 0.07,
                  "knn_bank_block": KNN_BANK_BLOCK, "knn_query_block": 256, "linear_solver": "auto",
                  "full_batch_max_elements": FULL_BATCH_MAX_ELEMENTS, "minibatch_size": sgd_probe.DEFAULT_BATCH_SIZE,
                  "minibatch_epochs": sgd_probe.DEFAULT_EPOCHS,
-                 "minibatch_learning_rate": sgd_probe.DEFAULT_LEARNING_RATE}
+                 "minibatch_learning_rate": sgd_probe.DEFAULT_LEARNING_RATE, "block_rows": _common.BLOCK_ROWS}
 
 
 def probe_features(seed: int, train_feats, train_labels, test_feats, test_labels, *, knn_k: int,
@@ -39,12 +39,15 @@ def probe_features(seed: int, train_feats, train_labels, test_feats, test_labels
     same objective and L2 choice; 'auto' takes mini-batches when N x D of the train features exceeds
     `full_batch_max_elements`. kNN compares `knn_query_block` test rows at a time with the bank, sent to
     the device in blocks of `knn_bank_block` train rows when there are more (0: always the whole bank).
+    The ridge probe and the mean classifier accumulate their sums over blocks of `block_rows` rows when
+    a split has more (a smaller one is one whole-array program, as before).
 
     Memory at ImageNet scale (1.28M x 2048 float32 train features: 10.5 GB on the host, 0.4 GB for 50k
     test rows): the mini-batch probe and the streamed kNN hold on the device what their docstrings say
-    (~0.3 GB and ~1.1 GB); the ridge probe, mean classifier and tolerance take the whole train or test
-    features onto the device (the ridge probe ~3 copies of the train features, 31 GB) and uniformity
-    O(1024 x N_test). Train features that do not fit host memory are not supported.
+    (~0.3 GB and ~1.1 GB); the ridge probe one block of 65,536 rows (0.5 GB) beside its 2 x D x D Grams
+    (34 MB), the mean classifier one block and the C x D class sums; tolerance takes the whole test
+    features onto the device and uniformity O(1024 x N_test). Train features that do not fit host memory
+    are not supported.
     """
     o = {**PROBE_OPTIONS, **options}
     tr, te = np.asarray(train_feats, np.float32), np.asarray(test_feats, np.float32)
@@ -59,9 +62,10 @@ def probe_features(seed: int, train_feats, train_labels, test_feats, test_labels
         probe = linear_probe(tr, train_labels, te, test_labels, seed=seed)
     knn = knn_accuracy(tr, train_labels, te, test_labels, k=knn_k, temperature=knn_temperature,
                        batch_size=o["knn_query_block"], bank_block=o["knn_bank_block"])
-    ridge = ridge_probe(tr, train_labels, te, test_labels, seed=seed)
+    ridge = ridge_probe(tr, train_labels, te, test_labels, seed=seed, block_rows=o["block_rows"])
     return {"linear_probe": float(probe["accuracy"]), "knn": float(knn), "linear_probe_l2": float(probe["l2"]),
             "ridge_probe": float(ridge["accuracy"]),
-            "mean_classifier": float(mean_classifier_accuracy(tr, train_labels, te, test_labels)),
+            "mean_classifier": float(mean_classifier_accuracy(tr, train_labels, te, test_labels,
+                                                              block_rows=o["block_rows"])),
             "uniformity": float(uniformity(te)), "tolerance": float(tolerance(te, test_labels)),
             "feature_dim": int(tr.shape[1]), "linear_solver": solver}

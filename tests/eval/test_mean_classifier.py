@@ -39,3 +39,15 @@ def test_bad_input_names_the_argument():
         mean_classifier_accuracy(np.ones((4, 2)), [0, 1, 0], np.ones((2, 2)), [0, 1])
     with pytest.raises(ValueError, match="test_y"):
         mean_classifier_accuracy(np.ones((4, 2)), [0, 1, 0, 1], np.ones((2, 2)), [0, 5], num_classes=2)
+
+
+def test_blockwise_equals_whole(digits_halves):
+    """Class sums accumulated and test rows classified 100 rows at a time: the same centroids (to float
+    round-off) and the same accuracy as the whole-array program."""
+    from contrastive.eval.mean_classifier import class_means_blockwise
+
+    train_x, train_y, test_x, test_y = digits_halves
+    assert len(train_x) > 100 and len(test_x) > 100 and len(train_x) % 100
+    np.testing.assert_allclose(class_means_blockwise(train_x, train_y, num_classes=10, block_rows=100),
+                               class_means(train_x, train_y, num_classes=10), rtol=1e-5, atol=1e-6)
+    assert mean_classifier_accuracy(*digits_halves, block_rows=100) == mean_classifier_accuracy(*digits_halves)

@@ -52,3 +52,13 @@ def test_bad_input_names_the_argument():
         ridge_probe(np.ones((4, 2)), [0, 1, 0, 1], np.ones((2, 2)), [0, 1], l2_grid=())
     with pytest.raises(ValueError, match="train_y"):
         ridge_probe(np.ones((4, 2)), [0, 1, 0], np.ones((2, 2)), [0, 1])
+
+
+@pytest.mark.parametrize("grid", [(2.0**10,), tuple(2.0 ** np.arange(-4, 14, 2))])
+def test_blockwise_fit_equals_the_whole_array_fit(digits_halves, grid):
+    """Train and test sent to the device 100 rows at a time (the last block padded): the same l2 choice,
+    held-out and test accuracies as the one-program fit."""
+    whole = ridge_probe(*digits_halves, l2_grid=grid)
+    blocks = ridge_probe(*digits_halves, l2_grid=grid, block_rows=100)
+    assert len(digits_halves[0]) > 100 and len(digits_halves[0]) % 100  # several blocks, a ragged last one
+    assert blocks == whole

@@ -108,6 +108,8 @@ BAD = {
     "evals.probes.minibatch_size": (DEFAULT, ["0", "'x'"]),
     "evals.probes.minibatch_epochs": (DEFAULT, ["0", "'x'"]),
     "evals.probes.minibatch_learning_rate": (DEFAULT, ["0.0", "'x'"]),
+    "evals.probes.raw_pixels_max_elements": (DEFAULT, ["0", "'x'"]),
+    "evals.probes.block_rows": (DEFAULT, ["0", "'x'"]),
     "evals.view_geometry.every_steps": (DEFAULT, ["-2", "'x'"]),
     "evals.view_geometry.at_end": (DEFAULT, ["'yes'", "1"]),
     "evals.view_geometry.plot": (DEFAULT, ["'yes'", "1"]),
