@@ -85,7 +85,7 @@ class EvalSplit:
         self.num_workers = 1 if isinstance(source, pipeline.InMemorySource) else num_workers
         self.labelled = getattr(source, "labelled", True) if labelled is None else labelled
         self._small: dict[str, np.ndarray] | None = None
-        self._layout: dict | None = None
+        self._layout: dict = {}  # {field: (shape, dtype)} of one example, from the first rows read
 
     @classmethod
     def of_arrays(cls, arrays: dict, **kwargs) -> "EvalSplit":
@@ -109,13 +109,6 @@ class EvalSplit:
                 self._small = self._pass(None, self._mesh(None), keys=self.small_keys)[1]
         return self._small[key]
 
-    def field_layout(self) -> dict:
-        """{field: (shape, dtype)} of one example (read from the first row once)."""
-        if self._layout is None:
-            example = self.source[0]
-            self._layout = {k: (np.shape(example[k]), np.asarray(example[k]).dtype) for k in (IMAGE, *self.small_keys)}
-        return self._layout
-
     def map(self, fn, mesh: jax.sharding.Mesh | None = None):
         """fn({'image': [B, ...] uint8, 'row': [B] int32}) over the split's batches (global arrays sharded
         over `mesh`'s `data` axis; rows past the end are zeros, with `row` >= N) -> its outputs (a pytree of
@@ -135,12 +128,11 @@ class EvalSplit:
         batch = padded_batch_size(self.batch_size, mesh)
         sharding = NamedSharding(mesh, P(DATA_AXIS))
         mine = local_rows(sharding, batch)
-        layout = self.field_layout()
         outputs, small = [], {k: [] for k in keys if k != IMAGE}
         n = len(self)
         for start in range(0, n, batch):
             valid = min(batch, n - start)
-            local = self._read(start + mine[mine < valid], keys, layout, len(mine))
+            local = self._read(start + mine[mine < valid], keys, len(mine))
             local[ROW] = (start + mine).astype(np.int32)
             arrays = {k: self._global(v, sharding, batch, mine) for k, v in local.items()}
             for k in small:
@@ -152,14 +144,17 @@ class EvalSplit:
         gathered = None
         if fn is not None:
             gathered = jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
-        small = {k: np.concatenate(v).astype(layout[k][1], copy=False) for k, v in small.items()}
+        small = {k: np.concatenate(v).astype(self._layout[k][1], copy=False) for k, v in small.items()}
         return gathered, small
 
-    def _read(self, rows: np.ndarray, keys, layout: dict, count: int) -> dict:
+    def _read(self, rows: np.ndarray, keys, count: int) -> dict:
         """This process's `count` rows of a batch: source[rows] then zeros (rows past the split's end)."""
-        out = {k: np.zeros((count, *layout[k][0]), layout[k][1]) for k in keys}
-        if len(rows):
-            read = pipeline.read_rows(self.source, rows, keys, self.num_workers)
+        read = pipeline.read_rows(self.source, rows, keys, self.num_workers) if len(rows) else None
+        if any(k not in self._layout for k in keys):  # from this process's first row (row 0 if it has none)
+            example = {k: v[0] for k, v in read.items()} if read else self.source[0]
+            self._layout.update({k: (np.shape(example[k]), np.asarray(example[k]).dtype) for k in keys})
+        out = {k: np.zeros((count, *self._layout[k][0]), self._layout[k][1]) for k in keys}
+        if read is not None:
             for k in keys:
                 out[k][:len(rows)] = read[k]
         return {k: _device_dtype(v) for k, v in out.items()}

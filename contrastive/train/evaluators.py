@@ -296,7 +296,7 @@ def _check_raw_pixels_size(options, sizes: SplitSizes) -> None:
         raise ValueError(
             f"evals.probes.representations includes 'raw_pixels', whose features are a whole split's images "
             f"({max(sizes.num_train, sizes.num_test)} x {per_row} = {largest:,} float32 values, "
-            f"{4 * largest / 2**30:.1f} GiB on every process), more than evals.probes.{RAW_PIXELS_MAX}="
+            f"{4 * largest / 2**20:,.0f} MiB on every process), more than evals.probes.{RAW_PIXELS_MAX}="
             f"{options[RAW_PIXELS_MAX]:,}: leave 'raw_pixels' out of evals.probes.representations, or raise "
             f"evals.probes.{RAW_PIXELS_MAX}")
 
