@@ -13,7 +13,7 @@ Forward + backward (``jax.value_and_grad`` w.r.t. both embeddings, float32, unit
 * dense: ``contrastive.losses.clip`` / ``siglip`` with ``impl='gather'`` (dense b x B logits);
 * tiled: the same with ``chunk_size=512`` (one device: the tiled path; several: ``impl='ring'``, tiled);
 * open_clip: ``open_clip.loss.ClipLoss`` / ``SigLipLoss`` on torch CPU tensors, when ``import open_clip``
-  works (the optional extra ``peers``); skipped otherwise.
+  works (the optional extra ``peer``: ``pip install -e .[peer]``); skipped otherwise.
 
 ``impl='auto'`` (the default) is one of dense and tiled; the table says which. Each (loss, d, B) case runs in
 its own process; inside it the implementations are compiled, warmed up once, then timed in turns
