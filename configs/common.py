@@ -13,6 +13,9 @@ def base_config() -> ml_collections.ConfigDict:
     # GradCache: each device encodes its rows (x views) in this many sub-batches; 0 = off. Same gradient,
     # encoder memory of one sub-batch (Gao et al. 2021). View-based losses only.
     c.grad_cache_chunks = 0
+    # Where the state's arrays live: replicated (a whole copy per device) | fsdp (parameters, optimizer
+    # state and the rest split over the data axis, big_vision's rule: contrastive/parallel/sharding.py).
+    c.sharding = "replicated"
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"  # | photo_digits | cifar10 | cifar100 | stl10 | imagenette | imagenet2012 | any TFDS name

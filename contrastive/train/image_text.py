@@ -22,7 +22,7 @@ from contrastive.models.dual import build_dual_encoder
 from contrastive.train import evaluators
 from contrastive.train.config import ConfigError
 from contrastive.train.objectives import IMAGE_TEXT_LOSSES
-from contrastive.train.step import init_state, make_encode_fn, make_image_text_step
+from contrastive.train.step import init_state, make_encode_fn, make_image_text_step, state_shardings
 
 
 def check(config, augment) -> None:
@@ -112,7 +112,8 @@ def build(config, setup, built_cls):
     graphdef, state = init_state(model, setup.tx, config.seed)
     pixel_max = pipeline.max_pixel_value(config.data.name)
     step = make_image_text_step(graphdef, setup.tx, setup.objective, setup.augment, setup.mesh,
-                                max_pixel_value=pixel_max)
+                                max_pixel_value=pixel_max,
+                                state_sharding=state_shardings(state, setup.mesh, config.sharding))
 
     encode, embed = make_encode_fn(graphdef), evaluators.make_dual_embed(graphdef)
     arrays = {}

@@ -27,6 +27,7 @@ from contrastive.models.dual import lock_image_tower
 from contrastive.models.encoders import build_model, mixing_modules
 from contrastive.models.encoders import check as check_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
+from contrastive.parallel.sharding import LAYOUTS
 from contrastive.train import evaluators, image_text
 from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config, hold_workdir
 from contrastive.train.config import ConfigError, flatten
@@ -71,7 +72,8 @@ class Built:
 
 
 RULES = {"seed": checks.NON_NEGATIVE, "num_steps": checks.POSITIVE, "log_every": checks.POSITIVE,
-         "grad_cache_chunks": checks.NON_NEGATIVE, "stop_grace_s": checks.POSITIVE}
+         "grad_cache_chunks": checks.NON_NEGATIVE, "stop_grace_s": checks.POSITIVE,
+         "sharding": checks.one_of(LAYOUTS)}
 CHECKPOINT_RULES = {"every_steps": checks.POSITIVE, "keep": checks.POSITIVE}
 EVAL_RULES = {"batch_size": checks.POSITIVE}
 
@@ -222,7 +224,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                                          num_workers=pipeline.worker_count(config.data.num_workers))
     except ValueError as e:
         raise ConfigError(f"config.batch_size: {e}") from None
-    state = jax.device_put(built.state, state_shardings(built.state, setup.mesh))
+    state = jax.device_put(built.state, state_shardings(built.state, setup.mesh, config.sharding))
     _trace_step(built.train_step, state, batches)
     with hold_workdir(workdir):  # one job per workdir: a second one is refused here, having changed nothing
         return _train_held(config, workdir, setup, built, batches, state)
@@ -307,7 +309,7 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
     ctx = Context(config=config, mesh=setup.mesh, loss=setup.objective)
     train_step = make_train_step(graphdef, setup.tx, setup.method, ctx, setup.augment, max_pixel_value=pixel_max,
                                  grad_cache_chunks=config.grad_cache_chunks,
-                                 state_sharding=state_shardings(state, setup.mesh))
+                                 state_sharding=state_shardings(state, setup.mesh, config.sharding))
 
     encode = make_encode_fn(graphdef)
     arrays = {}

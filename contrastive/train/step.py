@@ -26,6 +26,7 @@ from contrastive.data.augment import AugmentConfig, augment_views
 from contrastive.methods import Context, Method, flatten_views
 from contrastive.methods.base import table_rows
 from contrastive.parallel.gradcache import grad_cache
+from contrastive.parallel.sharding import gathered, layout_sharding
 
 
 @struct.dataclass
@@ -70,7 +71,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
     (`label`, `index`), sharded along `data`. `metrics` are scalars: `loss`, the loss's own metrics,
     `grad_norm`, and what `method.update_state` adds (e.g. `ema_momentum`). After the optimizer update the
     step writes back the BatchNorm statistics and the method's state (`method.update_state`).
-    `state_sharding` (`state_shardings(state, mesh)`; default: all replicated) fixes the state's layout.
+    `state_sharding` (`state_shardings(state, mesh, layout)`; default: all replicated) fixes the state's
+    layout, in and out: an `fsdp` state stays sharded after every step.
 
     With `grad_cache_chunks=k > 0` (methods with `grad_cache`) the gradient is computed by GradCache
     (`contrastive.parallel.grad_cache`): each device encodes its views in k sub-batches, so encoder
@@ -102,6 +104,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
         fields = {k: v for k, v in batch.items() if k != "image"}
 
         def loss_fn(params):
+            if state_sharding is not None:
+                params = gathered(params, state_sharding.params, ctx.mesh)
             # copy=True: BatchNorm writes its batch statistics into variables of this trace level.
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
             target = (nnx.merge(graphdef, state.method_state["target"], state.model_state, copy=True)
@@ -135,13 +139,15 @@ def choose_captions(key: jax.Array, tokens: jax.Array, num_captions: jax.Array) 
 
 
 def make_image_text_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective,
-                         augment: AugmentConfig, mesh: jax.sharding.Mesh, *, max_pixel_value: float):
+                         augment: AugmentConfig, mesh: jax.sharding.Mesh, *, max_pixel_value: float,
+                         state_sharding=None):
     """`step(state, batch) -> (state, metrics)` of a dual encoder, jitted, donating the old state.
 
     `batch` holds `image` [B, H, W, C], `tokens` [B, K, L] (K captions per image, PAD rows after the
     last real one) and `num_captions` [B]. Each image is augmented once (`augment.num_views` must be 1)
     and paired with one of its captions drawn anew every step. `metrics` adds the current
     `logit_scale` (t, not its log) and, when the model has one, `logit_bias` to the loss's metrics.
+    `state_sharding` as in `make_train_step`.
     """
     loss_on_mesh = jax.shard_map(
         lambda u, v, scale, bias: objective(u, v, scale, bias, axis_name="data"),
@@ -156,6 +162,8 @@ def make_image_text_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformatio
         tokens = choose_captions(caption_key, batch["tokens"], batch["num_captions"])
 
         def loss_fn(params):
+            if state_sharding is not None:
+                params = gathered(params, state_sharding.params, mesh)
             model = nnx.merge(graphdef, params, state.model_state)
             scale, bias = model.logit_scale_and_bias()
             loss, metrics = loss_on_mesh(model.embed_image(images), model.embed_text(tokens), scale,
@@ -165,7 +173,7 @@ def make_image_text_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformatio
 
         return _apply_gradients(state, tx, jax.value_and_grad(loss_fn, has_aux=True))
 
-    return _jit_step(train_step, mesh)
+    return _jit_step(train_step, mesh, state_sharding)
 
 
 def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, value_and_grad_fn):
@@ -180,10 +188,12 @@ def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, value_
     return (state, metrics) if rest is None else (state, (metrics, *rest))
 
 
-def state_shardings(state: TrainState, mesh: jax.sharding.Mesh):
-    """The state's shardings: replicated, but for the per-sample tables, whose rows are split over `data`."""
-    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    shardings = jax.tree.map(lambda _: replicated, state)
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh, layout: str = "replicated"):
+    """The state's shardings: every array laid out by `layout` (`contrastive.parallel.sharding`:
+    `replicated`, or `fsdp`, split along its largest dimension the `data` axis divides), but for the
+    per-sample tables, whose rows are split over `data` in either layout."""
+    rows = NamedSharding(mesh, P("data"))
+    shardings = jax.tree.map(layout_sharding(layout, mesh), state)
     if "per_sample" in state.method_state:
         tables = jax.tree.map(lambda _: rows, state.method_state["per_sample"])
         shardings = shardings.replace(method_state={**shardings.method_state, "per_sample": tables})

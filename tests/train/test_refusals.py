@@ -20,6 +20,7 @@ BAD = {
     "batch_size": (DEFAULT, ["0", "-8", "3000", "60", "'x'"]),
     "num_devices": (DEFAULT, ["-1", "1000", "'x'"]),
     "grad_cache_chunks": (DEFAULT, ["-1", "3", "'x'"]),
+    "sharding": (DEFAULT, ["zero3", "3"]),
     "data.name": (DEFAULT, ["no_such_dataset", "digits_captions", "3"]),
     "data.data_dir": (DEFAULT, ["/dev/null/tfds"]),  # any other text is a folder name
     "data.train_split": (DEFAULT, ["no_such_split", "3"]),
