@@ -19,7 +19,7 @@ from contrastive.data import image_text, pipeline
 from contrastive.data.tokenizer import WordTokenizer
 from contrastive.eval.zero_shot import CLASS_SLOT
 from contrastive.models.dual import build_dual_encoder
-from contrastive.train import evaluators
+from contrastive.train import eval_data, evaluators
 from contrastive.train.config import ConfigError
 from contrastive.train.objectives import IMAGE_TEXT_LOSSES
 from contrastive.train.step import init_state, make_encode_fn, make_image_text_step, state_shardings
@@ -116,15 +116,18 @@ def build(config, setup, built_cls):
                                 state_sharding=state_shardings(state, setup.mesh, config.sharding))
 
     encode, embed = make_encode_fn(graphdef), evaluators.make_dual_embed(graphdef)
-    arrays = {}
+    # Evaluation streams each split's images from its source; labels and caption tokens are read once and kept.
+    stream = lambda source: eval_data.EvalSplit(source, small_keys=("label", "tokens", "num_captions"),
+                                                batch_size=config.eval.batch_size, mesh=setup.mesh,
+                                                num_workers=pipeline.worker_count(config.data.num_workers))
+    splits = {config.data.train_split: stream(train_source)}
+    num_test = len(load_split(config, config.data.test_split, None)[0])
+    evaluators.check_sizes(setup.evals, config, evaluators.SplitSizes(len(train_source), num_test, image_shape))
 
     def split_arrays(split):
-        if split not in arrays:
-            source = train_source if split == config.data.train_split else \
-                load_split(config, config.data.test_split, tokenizer)[1]
-            arrays[split] = source.arrays if isinstance(source, pipeline.InMemorySource) else \
-                pipeline.read_all(source, image_text.KEYS)
-        return arrays[split]
+        if split not in splits:
+            splits[split] = stream(load_split(config, split, tokenizer)[1])
+        return splits[split]
 
     def eval_context(state):
         return evaluators.EvalContext(

@@ -28,7 +28,7 @@ from contrastive.models.encoders import build_model, mixing_modules
 from contrastive.models.encoders import check as check_model
 from contrastive.parallel.mesh import check_global_batch, make_mesh
 from contrastive.parallel.sharding import LAYOUTS
-from contrastive.train import evaluators, image_text
+from contrastive.train import eval_data, evaluators, image_text
 from contrastive.train.checkpoint import Checkpointer, abstract_like, check_workdir_config, hold_workdir
 from contrastive.train.config import ConfigError, flatten
 from contrastive.train.metrics_writer import MetricsWriter, tensorboard_dir, write_tensorboard_scalars
@@ -298,6 +298,7 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
         setup.augment.check_image(image_shape)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    evaluators.check_sizes(setup.evals, config, evaluators.SplitSizes(len(probe_source), len(test_source), image_shape))
     try:  # an encoder's checks against the image shape (e.g. a ViT patch size that does not divide it)
         model = build_model(config.model, image_shape, seed=config.seed)
     except ValueError as e:
@@ -312,18 +313,16 @@ def _build_views(config, setup, workdir: pathlib.Path) -> Built:
                                  state_sharding=state_shardings(state, setup.mesh, config.sharding))
 
     encode = make_encode_fn(graphdef)
-    arrays = {}
-
-    def split_arrays(source):
-        if id(source) not in arrays:
-            arrays[id(source)] = source.arrays if isinstance(source, pipeline.InMemorySource) else \
-                pipeline.read_all(source, num_workers=pipeline.worker_count(d.num_workers))
-        return arrays[id(source)]
+    # Evaluation streams each split's images from its source; its labels are read once and kept.
+    stream = lambda source: eval_data.EvalSplit(source, small_keys=("label",), batch_size=config.eval.batch_size,
+                                                num_workers=pipeline.worker_count(d.num_workers), mesh=setup.mesh)
+    probe_split = stream(probe_source)
+    test_split = stream(test_source)
 
     def eval_context(state):
         return evaluators.EvalContext(
             config=config, graphdef=graphdef, state=state, family="views", pixel_max=pixel_max,
-            train=split_arrays(probe_source), load_test=lambda: split_arrays(test_source),
+            train=probe_split, load_test=lambda: test_split,
             build_model=lambda: build_model(config.model, image_shape, seed=config.seed), encode=encode,
             workdir=workdir if jax.process_index() == 0 else None)  # plots: process 0 only
 
