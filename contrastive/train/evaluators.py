@@ -18,10 +18,16 @@ Built in:
   text->image recall (image-text family).
 * `zero_shot`: CLIP's zero-shot accuracy with a prompt-template ensemble (Radford et al. 2021; image-text).
 
-An evaluator reads an `EvalContext`: the config, the model, the train state and the data, with the
+An evaluator reads an `EvalContext`: the config, the model, the train state and the splits, with the
 features of each representation computed once per evaluation and shared by the evaluators that use them.
-Features are computed in batches of `eval.batch_size` rows sharded over the `data` axis of the mesh the
-train state lives on (every device encodes its part of each batch) and gathered into host memory.
+A split's images are never held whole (`eval_data.EvalSplit`): they are read from the data source in
+batches of `eval.batch_size` rows sharded over the `data` axis of the mesh the train state lives on,
+each process reading only the rows its devices hold and encoding them there; the [B, D] outputs are
+gathered to every process, which so holds the split's [N, D] features in row order, as one process
+would, and fits the probes itself (the same numbers everywhere; the runner writes them once, from
+process 0). Per process that is one batch of its rows of images plus the gathered features; labels and
+caption tokens (small) are read once and kept. `raw_pixels` are the images themselves, gathered: refused
+before training above `evals.probes.raw_pixels_max_elements` values per split.
 """
 
 from __future__ import annotations
