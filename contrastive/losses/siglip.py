@@ -14,6 +14,12 @@ softmax), so a row's loss is a plain sum over its columns: the block function be
 ``losses.streamed`` like the softmax losses — dense against the all-gathered texts (``impl='gather'``),
 text blocks passed around a ``ppermute`` ring with a custom VJP that never gathers (``impl='ring'``, Sec.
 3.3), each optionally in chunk_size x chunk_size tiles, and ``impl='auto'`` by ``streamed.auto_impl``.
+
+On one device, tiled (``impl='gather'`` with a ``chunk_size``, what ``auto`` picks from 8,192 rows) and
+reduced to the mean, the gradient is computed in the same pass as the loss (``fused_tiled_siglip``):
+every pair's term is independent, so each tile's dL/dlogits is known as soon as its logits are, and the
+generic streamed path's second pass (which recomputes every tile's logits for the backward, 4 matmuls
+where the dense loss needs 3) is not needed.
 """
 
 from __future__ import annotations
@@ -59,6 +65,78 @@ def sigmoid_rows(totals, _):
     return {"loss": totals[SUM]["loss"]}
 
 
+def fused_tiled_siglip(image: Array, text: Array, scale: Array, bias: Array, chunk: int):
+    """(mean sigmoid loss, each row's best negative logit ``t s_ij``) of one device's N pairs in chunk x chunk
+    tiles, with the gradients computed in the forward pass (a custom VJP whose backward only scales them).
+
+    Per tile, with l = t X_i Y_j^T + b and z = +1 on the diagonal of the global pair matrix, -1 elsewhere:
+    the loss sum(softplus(-z l)) and g = dL/dl = -z sigmoid(-z l); then dX_i += t g Y_j, dY_j += t g^T X_i,
+    dt += sum(g X_i Y_j^T), db += sum(g): three matmuls per tile, as the dense loss and its gradient need,
+    in O(N D + chunk^2) memory. Memory bounded like the streamed path, and one matmul per tile cheaper.
+    """
+    n, d = image.shape[0] // chunk, image.shape[1]
+    eye = jnp.eye(chunk, dtype=bool)
+
+    def scan(image, text, scale, bias, with_grads: bool):
+        xs = (image.astype(jnp.float32) * scale).reshape(n, chunk, d)  # the scale folded into the rows
+        ys = text.astype(jnp.float32).reshape(n, chunk, d)
+
+        def tile(x, y, positive):
+            logits = x @ y.T + bias
+            signed = jnp.where(positive, -logits, logits)  # -z l
+            best = jnp.max(jnp.where(positive, -jnp.inf, logits - bias), axis=1)
+            g = jnp.where(positive, -1.0, 1.0) * jax.nn.sigmoid(signed) if with_grads else None
+            return jnp.sum(jax.nn.softplus(signed)), best, g, logits
+
+        def row_block(carry, row):
+            i, x = row
+
+            def col_block(inner, col):
+                j, y = col
+                loss, best, g, logits = tile(x, y, eye & (i == j))
+                out = {"loss": inner["loss"] + loss, "best": jnp.maximum(inner["best"], best)}
+                if not with_grads:
+                    return out, None
+                out |= {"dx": inner["dx"] + g @ y, "dt": inner["dt"] + jnp.sum(g * (logits - bias)),
+                        "db": inner["db"] + jnp.sum(g)}
+                return out, g.T @ x
+
+            start = {"loss": carry["loss"], "best": jnp.full((chunk,), -jnp.inf)}
+            if with_grads:
+                start |= {"dx": jnp.zeros((chunk, d)), "dt": carry["dt"], "db": carry["db"]}
+            inner, dy = jax.lax.scan(col_block, start, (jnp.arange(n), ys))
+            out = {"loss": inner["loss"]}
+            if with_grads:
+                out |= {"dt": inner["dt"], "db": inner["db"], "dy": carry["dy"] + dy}
+            return out, (inner["best"], inner.get("dx"))
+
+        zero = jnp.zeros((), jnp.float32)
+        start = {"loss": zero} | ({"dt": zero, "db": zero, "dy": jnp.zeros((n, chunk, d))} if with_grads else {})
+        totals, (best, dx) = jax.lax.scan(row_block, start, (jnp.arange(n), xs))
+        rows = n * chunk
+        out = (totals["loss"] / rows, best.reshape(rows))
+        if not with_grads:
+            return out, None
+        grads = (scale * dx.reshape(rows, d) / rows, totals["dy"].reshape(rows, d) / rows,
+                 totals["dt"] / (scale * rows), totals["db"] / rows)
+        return out, grads
+
+    @jax.custom_vjp
+    def fused(image, text, scale, bias):
+        return scan(image, text, scale, bias, False)[0]
+
+    def forward(image, text, scale, bias):
+        return scan(image, text, scale, bias, True)
+
+    def backward(grads, cotangents):
+        d_image, d_text, d_scale, d_bias = grads
+        c = cotangents[0]  # the best negative logits are a metric: no gradient flows through them
+        return ((c * d_image).astype(image.dtype), (c * d_text).astype(text.dtype), c * d_scale, c * d_bias)
+
+    fused.defvjp(forward, backward)
+    return fused(image, text, scale, bias)
+
+
 def siglip(
     image: Array,
     text: Array,
@@ -97,6 +175,11 @@ def siglip(
     b = image.shape[0]
     impl, chunk_size, _ = resolve_impl(impl, chunk_size, local_rows=b, axis_name=axis_name)
     params = {"scale": jnp.asarray(logit_scale, jnp.float32), "bias": jnp.asarray(logit_bias, jnp.float32)}
+    if axis_name is None and impl == "gather" and chunk_size is not None and reduction == "mean":
+        loss, best_neg_logit = fused_tiled_siglip(image, text, params["scale"], params["bias"], chunk_size)
+        metrics = local_pair_metrics(cross_modal_positives(image, text, None), best_neg_logit, params["scale"], b,
+                                     None)
+        return loss, metrics
     rows, _, metric_totals = block_row_losses(
         sigmoid_block_terms, sigmoid_rows, image, cross_modal_meta(b, 0, axis_name), text,
         cross_modal_meta(b, 1, axis_name), params, None, axis_name=axis_name, impl=impl, chunk_size=chunk_size,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contrastive.losses import siglip
-from contrastive.losses.siglip import sigmoid_pair_losses
+from contrastive.losses.siglip import fused_tiled_siglip, sigmoid_pair_losses
 from tests.losses.helpers import (
     D,
     N,
@@ -30,6 +30,7 @@ def siglip_positional(image, text, logit_scale, logit_bias, **kwargs):
 
 RING = value_and_grad(siglip_positional, 4, impl="ring")
 GATHER = value_and_grad(siglip_positional, 4, impl="gather")
+FUSED = value_and_grad(siglip_positional, 4, impl="gather", chunk_size=N // 4)  # one device, tiled: fused
 
 
 def np_siglip(x, y, t, b):
@@ -43,7 +44,7 @@ def pair(seed):
     return unit_rows(random_embeddings(seed, N, D)), unit_rows(random_embeddings(seed + 1, N, D))
 
 
-@pytest.mark.parametrize("vg", [RING, GATHER], ids=["ring", "gather"])
+@pytest.mark.parametrize("vg", [RING, GATHER, FUSED], ids=["ring", "gather", "fused_tiled"])
 def test_matches_numpy_reference_value_and_gradient(vg):
     x, y = pair(0)
     x = 1.5 * x  # not normalised inside
@@ -71,10 +72,11 @@ def test_pairs_are_independent():
     np.testing.assert_allclose(jax.grad(block)(sim), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_embedding_gradient_is_sum_of_independent_pair_terms():
+@pytest.mark.parametrize("vg", [RING, FUSED], ids=["ring", "fused_tiled"])
+def test_embedding_gradient_is_sum_of_independent_pair_terms(vg):
     x, y = pair(2)
     t, b = np.float32(10.0), np.float32(-3.0)
-    _, (grad_x, grad_y, grad_t, grad_b) = RING(x, y, t, b)
+    _, (grad_x, grad_y, grad_t, grad_b) = vg(x, y, t, b)
     sim = np.asarray(x, np.float64) @ np.asarray(y, np.float64).T
     z = 2 * np.eye(N) - 1
     d_logits = -z / (1 + np.exp(z * (t * sim + b))) / N
@@ -147,3 +149,24 @@ def test_bad_arguments_raise(shapes, kwargs, match):
     kwargs = {"logit_scale": 10.0, "logit_bias": -10.0, **kwargs}
     with pytest.raises(ValueError, match=match):
         jax.jit(lambda a, b: siglip(a, b, **kwargs)).trace(*(jnp.ones(s) for s in shapes))
+
+
+def _dot_count(fn, x, y):
+    return str(jax.make_jaxpr(jax.value_and_grad(fn, argnums=(0, 1)))(x, y)).count("dot_general")
+
+
+def test_fused_tiled_path_takes_three_matmuls_per_tile_and_equals_the_two_pass_path():
+    """One device, tiled, mean: the gradient comes from the loss's own pass (3 matmuls: logits, dX, dY);
+    the per-row output (reduction='none') takes the streamed two-pass path (which recomputes the logits)."""
+    x, y = pair(8)
+    fused = lambda a, b: siglip(a, b, logit_scale=10.0, logit_bias=-5.0, chunk_size=N // 4)[0]
+    rows = lambda a, b: jnp.mean(
+        siglip(a, b, logit_scale=10.0, logit_bias=-5.0, chunk_size=N // 4, reduction="none")[0]["loss"])
+    alone = lambda a, b: fused_tiled_siglip(a, b, jnp.float32(10.0), jnp.float32(-5.0), N // 4)[0]
+    assert _dot_count(alone, x, y) == 3 and _dot_count(fused, x, y) < _dot_count(rows, x, y)
+    for a, b in zip(jax.value_and_grad(fused, argnums=(0, 1))(x, y), jax.value_and_grad(rows, argnums=(0, 1))(x, y),
+                    strict=True):
+        assert_trees_close(a, b)
+    assert_finite(FUSED(x, y, np.float32(1e4), np.float32(-10.0)))
+    assert_bfloat16_close(lambda a, b, t, c: siglip_positional(a, b, t, c, impl="gather", chunk_size=N // 4),
+                          (x, y, np.float32(10.0), np.float32(-10.0)), 2)
