@@ -332,3 +332,28 @@ def test_a_second_job_on_a_held_workdir_is_refused(data_dir, compilation_cache, 
             first.kill()
     steps = [r["step"] for r in read_metrics(workdir / "metrics.jsonl")]
     assert steps == sorted(set(steps)), steps  # one writer
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_equals_replicated_in_one(data_dir, compilation_cache, tmp_path):
+    """`sharding='fsdp'` on 2 processes x 4 devices (each process holds a quarter of the split kernels and
+    none of the other process's shards): the per-step losses and the final eval.json of the replicated
+    run of the same config in this process on 8 devices. The default digits model, whose larger kernels
+    pass the 2**14-element threshold (TINY's are all below it and would stay replicated)."""
+    steps, workdir, reference_dir = 4, tmp_path / "fsdp", tmp_path / "replicated"
+    model = {"num_steps": steps, "model.widths": (32, 64), "model.head_hidden": (128,), "model.projection_dim": 64}
+    start = time.perf_counter()
+    result = subprocess.run(launch_command(workdir, overrides(data_dir, compilation_cache, sharding="fsdp", **model),
+                                           quiet=True, processes=2, devices=4), capture_output=True, text=True,
+                            timeout=420)
+    print(f"fsdp, 2 processes x 4 devices, {steps} steps and the final eval: {time.perf_counter() - start:.1f} s")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = train_and_evaluate(config_of(data_dir, compilation_cache, **model), reference_dir)
+    got, want = read_metrics(workdir / "metrics.jsonl"), read_metrics(reference_dir / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(steps))
+    print("fsdp 2 x 4 losses:", [r["loss"] for r in got], "\nreplicated 1 x 8: ", [r["loss"] for r in want])
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+    assert json.loads((workdir / "config.json").read_text())["sharding"] == "fsdp"
+    evaluation = json.loads((workdir / "eval.json").read_text())
+    assert sorted(evaluation) == sorted(reference)
+    assert_same_floats(evaluation, reference)
