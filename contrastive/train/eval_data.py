@@ -88,7 +88,7 @@ class EvalSplit:
         self._layout: dict = {}  # {field: (shape, dtype)} of one example, from the first rows read
 
     @classmethod
-    def of_arrays(cls, arrays: dict, **kwargs) -> "EvalSplit":
+    def of_arrays(cls, arrays: dict, **kwargs) -> EvalSplit:
         """A split of arrays already in memory (every field but `image` kept as a small field)."""
         kwargs.setdefault("small_keys", tuple(k for k in arrays if k != IMAGE))
         return cls(pipeline.InMemorySource(dict(arrays)), **kwargs)
@@ -139,7 +139,7 @@ class EvalSplit:
                 small[k].append(to_host(arrays[k])[:valid])
             if fn is not None:
                 result = fn({k: arrays[k] for k in (IMAGE, ROW) if k in arrays})
-                outputs.append(jax.tree.map(lambda a: to_host(a)[:valid], result))
+                outputs.append(jax.tree.map(lambda a, v=valid: to_host(a)[:v], result))
             del local, arrays  # this batch's images: released before the next is read
         gathered = None
         if fn is not None:

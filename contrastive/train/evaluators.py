@@ -192,7 +192,7 @@ class Evaluator:
     format: Callable[[dict], list[str]] = lambda results: []
     check: Callable[[dict, object], None] = lambda options, config: None  # extra config-time checks
     # checks against the sizes of the splits (`SplitSizes`), once they are opened and before any compute
-    check_sizes: Callable[[dict, "SplitSizes"], None] = lambda options, sizes: None
+    check_sizes: Callable[[dict, SplitSizes], None] = lambda options, sizes: None
 
 
 @dataclasses.dataclass(frozen=True)
