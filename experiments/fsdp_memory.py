@@ -104,10 +104,13 @@ def main() -> None:
                                       {"data.name": synthetic, "batch_size": args.batch, "data.num_workers": 1})
         compiled = {layout: compiled_memory(small, layout) for layout in LAYOUTS}
         lines += ["", f"The compiled train step at batch {args.batch} (`memory_analysis()`, per device, MiB):", "",
-                  "| sharding | arguments | outputs | temporaries |", "|---|---|---|---|"]
+                  "| sharding | arguments | outputs | temporaries | arguments + temporaries |", "|---|---|---|---|---|"]
         for layout, m in compiled.items():
             lines.append(f"| {layout} | {m['arguments'] / MIB:.1f} | {m['outputs'] / MIB:.1f} | "
-                         f"{m['temporaries'] / MIB:.1f} |")
+                         f"{m['temporaries'] / MIB:.1f} | {(m['arguments'] + m['temporaries']) / MIB:.1f} |")
+        lines += ["", "The outputs reuse the donated state's buffers. The temporaries hold, in both layouts, the "
+                  "activations and a whole gradient (on CPU XLA all-reduces it and each device keeps its slice), "
+                  "and under fsdp also the gathered parameters: what fsdp saves is the resident state."]
     command = "python experiments/fsdp_memory.py" + (" --compile" if args.compile else "") + \
         (f" --config {args.config}" if args.config != parser.get_default("config") else "")
     lines += ["", f"Produced by `{command}` (jax {jax.__version__}, {jax.devices()[0].platform})."]
