@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import jax  # noqa: E402
+from step_breakdown import register_synthetic  # noqa: E402
 
 import contrastive  # noqa: E402,F401 - the package's XLA workaround flags
 from contrastive.models.encoders import build_model  # noqa: E402
@@ -38,7 +39,6 @@ from contrastive.parallel.sharding import FSDP_MIN_SIZE, LAYOUTS, bytes_per_devi
 from contrastive.train import config as config_lib  # noqa: E402
 from contrastive.train import runner  # noqa: E402
 from contrastive.train.step import init_state, state_shardings  # noqa: E402
-from step_breakdown import register_synthetic  # noqa: E402
 
 MIB = 2**20
 

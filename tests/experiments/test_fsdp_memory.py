@@ -1,7 +1,7 @@
 """experiments/fsdp_memory.py: the per-device bytes of the state in both layouts, measured from the shards."""
 
-from experiments import fsdp_memory
 from contrastive.train.config import load_config
+from experiments import fsdp_memory
 
 
 def test_fsdp_holds_a_fraction_of_the_replicated_state_per_device(data_dir):
