@@ -52,13 +52,14 @@ IMPLS = ("auto", "gather", "ring")
 REDUCTIONS = ("mean", "none")
 
 # impl='auto' (the default of every loss on these paths) at trace time, from static shapes. Measured by
-# experiments/loss_speed.py (results in experiments/results/loss_speed.md; CLIP and SigLIP forward + backward,
-# one device, 2 shared CPU cores): the dense path is the fastest of ours at every B there (the tiled path
-# recomputes the similarities in its backward: 4 matmuls of B x B x d instead of 3), but its buffers grow as
-# b_local x B (CLIP, d = 512: XLA's buffers 0.16 / 0.57 GiB at B = 4,096 / 8,192, tiled 0.04 / 0.08 GiB).
-# From 8,192 rows on the tiled path is kept: memory linear in B, and still faster than naive JAX there.
+# experiments/loss_speed.py (experiments/results/loss_speed{,_siglip}.md; CLIP and SigLIP forward + backward,
+# one device, 2 shared CPU cores): below 8,192 rows the dense path is the fastest of ours or within noise of
+# the tiled one; the tiled softmax losses recompute the similarities in their backward (4 matmuls of
+# B x B x d instead of 3), while dense's buffers grow as b_local x B (CLIP, d = 512: XLA's buffers 0.16 /
+# 2.16 GiB at B = 4,096 / 16,384, tiled 0.04 / 0.16 GiB). From 8,192 rows on the tiled path is kept: memory
+# linear in B, and still faster than naive JAX there for CLIP (1.29x-2.61x at 16,384).
 AUTO_MIN_GLOBAL_ROWS = 8192
-AUTO_MAX_TILE = 512  # the benchmark's tile (B = 16,384: 45% / 65% of the square-matmul FLOP/s at d = 128 / 512)
+AUTO_MAX_TILE = 512  # the benchmark's tile (loss_speed.md)
 AUTO_MIN_TILE = 128  # smaller tiles are mostly loop overhead; then no tiling (or gather on 1 device)
 
 
