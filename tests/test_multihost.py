@@ -109,14 +109,18 @@ def assert_same_floats(got: dict, want: dict, path="", atol=2.5e-3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config_file, processes, devices, more", [
-    ("configs/moco_digits.py", 4, 2, {"method.queue_size": 128}),  # a queue and an EMA key encoder
-    ("configs/byol_digits.py", 2, 2, {}),  # an EMA target and BatchNorm in the head, synchronised over the job
-    ("configs/clip_digits.py", 2, 2, {"model.text.width": 16, "model.text.depth": 1, "model.text.num_heads": 2}),
+@pytest.mark.parametrize("config_file, processes, devices, more, rtol", [
+    ("configs/moco_digits.py", 4, 2, {"method.queue_size": 128}, 1e-5),  # a queue and an EMA key encoder
+    # An EMA target and BatchNorm in the head, synchronised over the job. Its losses agree exactly for two
+    # steps, then drift by float32 rounding of the cross-process sums, amplified by training (measured
+    # relative differences at steps 2-5: 9e-7, 9e-6, 2e-5, 3e-5 on 2 x 4; within 1e-5 on 2 x 2).
+    ("configs/byol_digits.py", 2, 4, {}, 1e-4),
+    ("configs/clip_digits.py", 2, 4, {"model.text.width": 16, "model.text.depth": 1, "model.text.num_heads": 2},
+     1e-5),
 ])
 def test_stateful_and_image_text_methods_equal_one_process(data_dir, compilation_cache, tmp_path, config_file,
-                                                           processes, devices, more):
-    """MoCo on 4 processes x 2 devices, BYOL and CLIP on 2 x 2: the per-step losses and the final eval.json
+                                                           processes, devices, more, rtol):
+    """MoCo on 4 processes x 2 devices, BYOL and CLIP on 2 x 4: the per-step losses and the final eval.json
     of the same config in this one process on as many devices."""
     workdir, reference_dir = tmp_path / "processes", tmp_path / "one_process"
     settings = {**more, "evals.probes.representations": ("learned",)}
@@ -131,7 +135,8 @@ def test_stateful_and_image_text_methods_equal_one_process(data_dir, compilation
                                              **settings), reference_dir)
     got, want = read_metrics(workdir / "metrics.jsonl"), read_metrics(reference_dir / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(STEPS))
-    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+    np.testing.assert_allclose([r["loss"] for r in got][:2], [r["loss"] for r in want][:2], rtol=1e-6)
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=rtol)
     evaluation = json.loads((workdir / "eval.json").read_text())
     assert sorted(evaluation) == sorted(reference)
     assert_same_floats(evaluation, reference)
