@@ -282,10 +282,22 @@ def test_sigkill_of_one_process_ends_the_other_and_the_relaunch_resumes(data_dir
     the relaunched job resumes from the last complete checkpoint to the losses of an uninterrupted run."""
     workdir, heartbeat = tmp_path / "run", 5
     settings = {"log_every": 2, "checkpoint.every_steps": 4, "optimizer.schedule": "constant"}
-    procs = start_processes(workdir, overrides(data_dir, compilation_cache, num_steps=2000, **settings), tmp_path,
-                            heartbeat_timeout=heartbeat)
+    args = overrides(data_dir, compilation_cache, num_steps=2000, **settings)
+    procs = start_processes(workdir, args, tmp_path, heartbeat_timeout=heartbeat)
     try:
-        wait_for_steps(workdir, 10, procs, tmp_path / "process_0.txt")
+        try:
+            wait_for_steps(workdir, 10, procs, tmp_path / "process_0.txt")
+        except AssertionError:
+            # On an overloaded host the two processes may reach their first collective more than gloo's fixed
+            # 30 s apart (README, "Timeouts"): that, and only that, is retried once, from a fresh workdir.
+            if "Gloo context initialization failed" not in (tmp_path / "process_0.txt").read_text():
+                raise
+            for p in procs:
+                p.kill()
+                p.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
+            procs = start_processes(workdir, args, tmp_path, heartbeat_timeout=heartbeat)
+            wait_for_steps(workdir, 10, procs, tmp_path / "process_0.txt")
         procs[1].kill()
         killed = time.monotonic()
         code = procs[0].wait(timeout=heartbeat + 60)
