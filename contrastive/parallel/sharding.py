@@ -77,6 +77,8 @@ def gathered(params, shardings, mesh: jax.sharding.Mesh):
 
     Without it, XLA's sharding propagation carries a parameter's split dimension into the activations
     and reshards them back and forth around every layer."""
+    if all(s.spec == P() for s in jax.tree.leaves(shardings)):
+        return params  # nothing is split: the replicated step stays the program it was
     replicated = jax.tree.map(lambda _: NamedSharding(mesh, P()), shardings)
 
     @jax.custom_vjp
