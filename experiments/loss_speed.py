@@ -15,19 +15,23 @@ Forward + backward (``jax.value_and_grad`` w.r.t. both embeddings, float32, unit
 * open_clip: ``open_clip.loss.ClipLoss`` / ``SigLipLoss`` on torch CPU tensors, when ``import open_clip``
   works (the optional extra ``peer``: ``pip install -e .[peer]``); skipped otherwise.
 
-``impl='auto'`` (the default) is one of dense and tiled; the table says which. Each (loss, d, B) case runs in
-its own process; inside it the implementations are compiled, warmed up once, then timed in turns
+``impl='auto'`` (the default) is one of dense and tiled; the table says which. Each (loss, d, B) case runs
+in its own process; inside it the implementations are compiled, warmed up once, then timed in turns
 (``--repeats`` rounds of one call each), so the machine's drift hits all of them alike; the time is the
 median of the rounds and the spread their min-max. In the same rounds a plain [1024, 1024] @ [1024, 1024]
-float32 matmul is timed: *of peak* = (3 x 2 B^2 d useful FLOPs: the similarities and the two input
-gradients) / time / that matmul's FLOP/s. Peak memory: the process's peak RSS (Linux ``VmHWM``, reset
-through ``/proc/self/clear_refs`` after ``malloc_trim`` before each implementation's first call, the
-implementations in increasing order of XLA's buffers, so it is that call's peak on top of what the process
-still holds: the runtime, inputs and compiled programs, ~0.3 GiB), and XLA's buffer assignment (temporaries + arguments + outputs per
-device). An implementation whose compiled program needs more than ``--budget-gib`` is not run. Values: every
-implementation's loss and gradients are compared with naive's (``max_rel_diff``).
+float32 matmul is timed, ``PEAK_CALLS`` calls back to back each round (one call straight after a large
+program runs at half speed: its caches and threads are cold); the peak is the best of them all, and *of
+peak* = (3 x 2 B^2 d useful FLOPs: the similarities and the two input gradients) / time / peak. Peak memory:
+the process's peak RSS (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` after ``malloc_trim``
+before each implementation's first call, the implementations in increasing order of XLA's buffers, so it is
+that call's peak on top of what the process still holds: the runtime, inputs and compiled programs, ~0.3
+GiB), and XLA's buffer assignment (temporaries + arguments + outputs per device). An implementation whose
+compiled program needs more than ``--budget-gib`` is not run (open_clip: when ~5 B x B float32 buffers
+would). Values: every implementation's loss and gradients are compared with naive's (``max_rel_diff``),
+where naive ran.
 
-Writes ``experiments/results/loss_speed{,_quick}{,_8dev}.{json,md}``.
+Writes ``experiments/results/loss_speed{,_quick}{,_8dev}.{json,md}``; ``--readme NAME ...`` writes the
+README's table from such result files (several runs, e.g. 1 and 8 devices, in one table).
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ GIB = 2**30
 TILE = 512
 SCALE, BIAS = 10.0, -10.0
 PEAK_MATMUL = 1024  # the square matmul of the peak: the fastest shape on the 2-core CPU (loss_memory.md)
+PEAK_CALLS = 5  # back-to-back calls of it per round
+# open_clip's losses hold about this many float32 B x B buffers at their peak (logits both ways and their
+# gradients: 5.1 / 6.0 GiB of peak RSS for CLIP / SigLIP at 16,384, ~1 GiB of it the process itself).
+OPEN_CLIP_BUFFERS = 5
+README_BLOCK = "loss-speed-table"
 
 
 # ----------------------------------------------------------------------------------------- worker side
@@ -63,6 +72,12 @@ def _rss_now() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def _reset_rss_peak() -> None:
@@ -187,10 +202,19 @@ def worker(cfg: dict) -> dict:
         else:
             steps[name] = lambda c=compiled: jax.block_until_ready(c(x, y))
     if devices == 1 and (step := open_clip_step(loss, x, y)) is not None:
-        steps["open_clip"], results["open_clip"] = step, {}
+        need = OPEN_CLIP_BUFFERS * b * b * 4
+        if need > cfg["budget_gib"] * GIB:  # torch has no compiled size to ask; a guess beats an OOM kill
+            error = f"not run: needs ~{need / GIB:.0f} GiB ({OPEN_CLIP_BUFFERS} B x B float32)"
+            results["open_clip"] = {"error": error}
+        else:
+            steps["open_clip"], results["open_clip"] = step, {}
     a = np.asarray(_unit_rows(jax.random.key(2), PEAK_MATMUL, PEAK_MATMUL))
     matmul = jax.jit(lambda m: m @ m.T).lower(a).compile()
-    steps["matmul"], results["matmul"] = (lambda: jax.block_until_ready(matmul(a))), {}
+
+    def best_matmul() -> float:
+        return min(_seconds(lambda: jax.block_until_ready(matmul(a))) for _ in range(PEAK_CALLS))
+
+    steps["matmul"], results["matmul"] = best_matmul, {}
     outputs = {}
     # Warm-up, smallest program first (memory a process keeps after a call hides smaller peaks, not larger).
     for name in sorted(steps, key=lambda n: results[n].get("xla_bytes", 0)):
@@ -202,22 +226,23 @@ def worker(cfg: dict) -> dict:
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    peak_flops = 2 * PEAK_MATMUL**3 / statistics.median(times["matmul"])
-    ref_value, ref_grads = outputs["naive"]
+            times[name].append(step() if name == "matmul" else _seconds(step))
+    peak_flops = 2 * PEAK_MATMUL**3 / min(times["matmul"])
+    reference = outputs.get("naive")  # None where naive is over the budget (then nothing is compared)
     for name in steps:
         ts = times[name]
         row = results[name] | {"seconds": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times": ts}
         if name != "matmul":
             value, grads = outputs[name]
-            diffs = [abs(float(value) - float(ref_value)) / abs(float(ref_value))]
-            for g, r in zip(grads, ref_grads, strict=True):
-                g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
-                diffs.append(float(np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-30)))
             flops = 3 * 2 * b * b * d / row["seconds"]
-            row |= {"value": float(value), "max_rel_diff": max(diffs), "flops": flops, "of_peak": flops / peak_flops}
+            row |= {"value": float(value), "flops": flops, "of_peak": flops / peak_flops}
+            if reference is not None:
+                ref_value, ref_grads = reference
+                diffs = [abs(float(value) - float(ref_value)) / abs(float(ref_value))]
+                for g, r in zip(grads, ref_grads, strict=True):
+                    g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
+                    diffs.append(float(np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-30)))
+                row["max_rel_diff"] = max(diffs)
         results[name] = row
     return {"peak_flops": peak_flops, "auto": auto_choice(loss, b, devices), "impls": results}
 
@@ -258,14 +283,16 @@ def _secs(t: float) -> str:
     return f"{t:.3g} s" if t >= 1 else f"{t * 1e3:.3g} ms"
 
 
-def report(rows: list[dict], command: str, elapsed: float) -> str:
+def report(rows: list[dict], command: str, elapsed: float, load: tuple[float, float]) -> str:
     lines = [
         f"# Loss speed: ours vs naive JAX vs open_clip\n\n`{command}`, {elapsed / 60:.1f} min, one run on "
-        f"{platform.machine()} ({os.cpu_count()} CPU cores, shared with other jobs: ratios within a row are "
+        f"{platform.machine()} ({os.cpu_count()} CPU cores, 1-minute load average {load[0]:.1f} at the start and "
+        f"{load[1]:.1f} at the end, this run included: ratios within a row are "
         "meaningful, absolute times drift). Forward + backward, float32. Cell: median time (min-max over "
-        "the rounds), peak RSS of the first call (XLA: the compiled program's buffers per device), fraction of the square-matmul peak measured in the same "
-        "rounds. *auto* = the implementation `impl='auto'` picks; *naive / auto* = the median over the rounds "
-        "of naive's time / auto's in the same round (above 1: ours is faster), and its min-max. "
+        "the rounds), peak RSS of the first call (XLA: the compiled program's buffers per device), fraction of "
+        "the square-matmul peak measured in the same rounds. *auto* = the implementation `impl='auto'` picks; "
+        "*naive / auto* = the median over the rounds of naive's time / auto's in the same round (above 1: ours "
+        "is faster), and its min-max. "
         "Max rel. diff = largest relative difference of loss and gradients from naive.",
         "",
         "| loss | devices | d | B | naive | dense (ours) | tiled (ours) | open_clip | auto | naive / auto | "
@@ -289,6 +316,41 @@ def report(rows: list[dict], command: str, elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if "error" in r:
+        return r["error"].replace("compiled program needs", "needs")
+    if r.get("xla_bytes", 0) > GIB / 100:  # XLA's buffers where they are worth a number, else torch's peak RSS
+        return f"{_secs(r['seconds'])}, XLA {r['xla_bytes'] / GIB:.2f} GiB"
+    big = "xla_bytes" not in r and r["peak"] > 1.1 * GIB
+    return _secs(r["seconds"]) + (f", {r['peak'] / GIB:.2f} GiB" if big else "")
+
+
+def readme_table(runs: list[dict], names: list[str]) -> str:
+    """The README's table: every row of the result files ``runs`` (experiments/results/<name>.json, loaded)."""
+    lines = ["| loss | devices | d | B | naive JAX | ours dense | ours tiled | open_clip (torch CPU) | auto | "
+             "naive / auto (paired min-max) | tiled, of matmul peak |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for r in run["rows"]:
+            head = f"| {r['loss']} | {r['devices']} | {r['dim']} | {r['batch']:,} | "
+            if "error" in r:
+                lines.append(head + r["error"] + " |||||||")
+                continue
+            impls = r["impls"]
+            auto, naive, tiled = impls.get(r["auto"], {}), impls.get("naive", {}), impls.get("tiled", {})
+            ratio = "-"
+            if "times" in auto and "times" in naive:
+                paired = [n / a for n, a in zip(naive["times"], auto["times"], strict=True)]
+                ratio = f"{statistics.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
+            peak = f"{tiled['of_peak']:.0%}" if "of_peak" in tiled else "-"
+            cells = " | ".join(_short(impls.get(n)) for n in IMPLS)
+            lines.append(head + cells + f" | {r['auto']} | {ratio} | {peak} |")
+    made = "; ".join(f"`{run['command']}`" for run in runs)
+    table = f"`python experiments/loss_speed.py --readme {' '.join(names)}`"
+    return "\n".join(lines) + f"\n\nMade by {made}, then {table}.\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="B = 256, 512 at d = 32: seconds (the test's run)")
@@ -300,8 +362,17 @@ def main() -> None:
     parser.add_argument("--budget-gib", type=float, default=16.0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
     parser.add_argument("--out", default=None, help="results name (default loss_speed[_quick][_8dev])")
+    parser.add_argument("--readme", nargs="+", metavar="NAME",
+                        help="only write the README table from experiments/results/NAME.json files (no run)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.readme:
+        sys.path.insert(0, str(ROOT))
+        from experiments.readme_block import update_readme_block
+
+        runs = [json.loads((RESULTS / f"{name}.json").read_text()) for name in args.readme]
+        update_readme_block(README_BLOCK, readme_table(runs, args.readme))
+        return
     if args.worker:
         sys.path.insert(0, str(ROOT))
         import contrastive  # noqa: F401 - sets the XLA:CPU workaround flag before any computation
@@ -313,14 +384,14 @@ def main() -> None:
     name = args.out or ("loss_speed" + ("_quick" if args.quick else "") + (f"_{args.devices}dev" if args.devices > 1
                                                                              else ""))
     command = "python " + " ".join(["experiments/loss_speed.py", *sys.argv[1:]])
-    start, rows = time.time(), []
+    start, rows, load = time.time(), [], os.getloadavg()[0]
     for loss in args.losses:
         for dim in args.dims:
             for batch in args.batches:
                 cfg = {"loss": loss, "devices": args.devices, "dim": dim, "batch": batch, "repeats": args.repeats,
                        "budget_gib": args.budget_gib}
                 rows.append(run_case(cfg, args.timeout))
-    text = report(rows, command, time.time() - start)
+    text = report(rows, command, time.time() - start, (load, os.getloadavg()[0]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
     (RESULTS / f"{name}.md").write_text(text)

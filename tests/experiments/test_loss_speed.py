@@ -33,8 +33,24 @@ def test_a_case_in_its_own_process_reports_every_implementation():
         assert r["peak"] > 0 and r["xla_bytes"] > 0 and r["of_peak"] > 0
         assert r["max_rel_diff"] < 1e-5  # the same loss and gradients as naive
     assert abs(impls["dense"]["value"] - impls["naive"]["value"]) < 1e-5 * impls["naive"]["value"]
-    table = ls.report([row], "python experiments/loss_speed.py --quick", 1.0)
-    assert "| clip | 1 | 32 | 256 |" in table and "| dense |" in table
+    table = ls.report([row], "python experiments/loss_speed.py --quick", 1.0, (0.5, 1.5))
+    assert "| clip | 1 | 32 | 256 |" in table and "| dense |" in table and "0.5 at the start and 1.5" in table
+    readme = ls.readme_table([{"command": "python experiments/loss_speed.py --quick", "rows": [row]}], ["q"])
+    assert "| clip | 1 | 32 | 256 | " in readme and "--readme q" in readme
+
+
+@pytest.mark.slow
+def test_implementations_over_the_budget_are_reported_not_run():
+    """Only the tiled program fits a tiny budget: naive and dense are refused, and nothing is compared."""
+    row = ls.run_case({"loss": "siglip", "devices": 1, "dim": 16, "batch": 2048, "repeats": 1, "budget_gib": 0.005},
+                      timeout=300)
+    assert "error" not in row, row.get("error")
+    impls = row["impls"]
+    assert impls["naive"]["error"].startswith("not run") and impls["dense"]["error"].startswith("not run")
+    assert impls["tiled"]["seconds"] > 0 and "max_rel_diff" not in impls["tiled"]
+    if "open_clip" in impls:  # with the peer extra: 5 x 2048^2 float32 is 80 MiB > 5 MiB
+        assert impls["open_clip"]["error"].startswith("not run")
+    assert "not run" in ls.readme_table([{"command": "c", "rows": [row]}], ["q"])
 
 
 def _square_buffers(fn, b=256, d=16):
