@@ -25,6 +25,8 @@ PROBABILITY = Rule(lambda v: 0 <= v <= 1, "{field} must be in [0, 1], got {value
 WIDTHS = Rule(lambda v: all(w > 0 for w in v), "{field} must be a tuple of positive widths (or ()), got {value!r}")
 SOME_WIDTHS = Rule(lambda v: len(v) > 0 and all(w > 0 for w in v),
                    "{field} must be a non-empty tuple of positive widths, got {value!r}")
+SOME_POSITIVE = Rule(lambda v: len(v) > 0 and all(x > 0 for x in v),
+                     "{field} must be a non-empty tuple of positive numbers, got {value!r}")
 
 
 def one_of(options: Iterable[str]) -> Rule:

@@ -13,7 +13,7 @@ import numpy as np
 from contrastive.eval import _common, sgd_probe
 from contrastive.eval.geometry import tolerance, uniformity
 from contrastive.eval.knn import knn_accuracy
-from contrastive.eval.linear_probe import linear_probe
+from contrastive.eval.linear_probe import DEFAULT_L2_GRID, linear_probe
 from contrastive.eval.mean_classifier import mean_classifier_accuracy
 from contrastive.eval.ridge_probe import ridge_probe
 
@@ -27,7 +27,8 @@ PROBE_OPTIONS = {"knn_k": 200, "knn_temperature": 0.07,
                  "knn_bank_block": KNN_BANK_BLOCK, "knn_query_block": 256, "linear_solver": "auto",
                  "full_batch_max_elements": FULL_BATCH_MAX_ELEMENTS, "minibatch_size": sgd_probe.DEFAULT_BATCH_SIZE,
                  "minibatch_epochs": sgd_probe.DEFAULT_EPOCHS,
-                 "minibatch_learning_rate": sgd_probe.DEFAULT_LEARNING_RATE, "block_rows": _common.BLOCK_ROWS}
+                 "minibatch_learning_rate": sgd_probe.DEFAULT_LEARNING_RATE, "block_rows": _common.BLOCK_ROWS,
+                 "linear_probe_l2_grid": DEFAULT_L2_GRID}
 
 
 def probe_features(seed: int, train_feats, train_labels, test_feats, test_labels, *, knn_k: int,
@@ -36,7 +37,8 @@ def probe_features(seed: int, train_feats, train_labels, test_feats, test_labels
 
     `options`: the other `PROBE_OPTIONS` (defaults where absent). The linear probe is `linear_probe`'s
     full-batch L-BFGS (`linear_solver='lbfgs'`) or `sgd_probe.minibatch_linear_probe` ('minibatch'), the
-    same objective and L2 choice; 'auto' takes mini-batches when N x D of the train features exceeds
+    same objective and L2 choice (the best of `linear_probe_l2_grid` on a held-out part of train; one value
+    is used directly, as a paper's fixed penalty); 'auto' takes mini-batches when N x D of the train features exceeds
     `full_batch_max_elements`. kNN compares `knn_query_block` test rows at a time with the bank, sent to
     the device in blocks of `knn_bank_block` train rows when there are more (0: always the whole bank).
     The ridge probe and the mean classifier accumulate their sums over blocks of `block_rows` rows when
@@ -57,9 +59,10 @@ def probe_features(seed: int, train_feats, train_labels, test_feats, test_labels
     if solver == "minibatch":
         probe = sgd_probe.minibatch_linear_probe(tr, train_labels, te, test_labels, seed=seed,
                                                  batch_size=o["minibatch_size"], epochs=o["minibatch_epochs"],
-                                                 learning_rate=o["minibatch_learning_rate"])
+                                                 learning_rate=o["minibatch_learning_rate"],
+                                                 l2_grid=tuple(o["linear_probe_l2_grid"]))
     else:
-        probe = linear_probe(tr, train_labels, te, test_labels, seed=seed)
+        probe = linear_probe(tr, train_labels, te, test_labels, seed=seed, l2_grid=tuple(o["linear_probe_l2_grid"]))
     knn = knn_accuracy(tr, train_labels, te, test_labels, k=knn_k, temperature=knn_temperature,
                        batch_size=o["knn_query_block"], bank_block=o["knn_bank_block"])
     ridge = ridge_probe(tr, train_labels, te, test_labels, seed=seed, block_rows=o["block_rows"])

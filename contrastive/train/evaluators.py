@@ -337,7 +337,8 @@ PROBES = register_evaluator(Evaluator(
            "knn_query_block": checks.POSITIVE, "linear_solver": checks.one_of(LINEAR_SOLVERS),
            "full_batch_max_elements": checks.POSITIVE, "minibatch_size": checks.POSITIVE,
            "minibatch_epochs": checks.POSITIVE, "minibatch_learning_rate": checks.POSITIVE,
-           RAW_PIXELS_MAX: checks.POSITIVE, "block_rows": checks.POSITIVE},
+           RAW_PIXELS_MAX: checks.POSITIVE, "block_rows": checks.POSITIVE,
+           "linear_probe_l2_grid": checks.SOME_POSITIVE},
     format=_format_probes, check=_check_representations, check_sizes=_check_raw_pixels_size))
 
 

@@ -111,6 +111,7 @@ BAD = {
     "evals.probes.minibatch_learning_rate": (DEFAULT, ["0.0", "'x'"]),
     "evals.probes.raw_pixels_max_elements": (DEFAULT, ["0", "'x'"]),
     "evals.probes.block_rows": (DEFAULT, ["0", "'x'"]),
+    "evals.probes.linear_probe_l2_grid": (DEFAULT, ["()", "(0.1, 0.0)", "(0.1, 'x')"]),
     "evals.view_geometry.every_steps": (DEFAULT, ["-2", "'x'"]),
     "evals.view_geometry.at_end": (DEFAULT, ["'yes'", "1"]),
     "evals.view_geometry.plot": (DEFAULT, ["'yes'", "1"]),
