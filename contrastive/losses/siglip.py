@@ -15,14 +15,17 @@ softmax), so a row's loss is a plain sum over its columns: the block function be
 text blocks passed around a ``ppermute`` ring with a custom VJP that never gathers (``impl='ring'``, Sec.
 3.3), each optionally in chunk_size x chunk_size tiles, and ``impl='auto'`` by ``streamed.auto_impl``.
 
-On one device, tiled (``impl='gather'`` with a ``chunk_size``, what ``auto`` picks from 8,192 rows) and
-reduced to the mean, the gradient is computed in the same pass as the loss (``fused_tiled_siglip``):
-every pair's term is independent, so each tile's dL/dlogits is known as soon as its logits are, and the
-generic streamed path's second pass (which recomputes every tile's logits for the backward, 4 matmuls
-where the dense loss needs 3) is not needed.
+Reduced to the mean, tiled on one device (``impl='gather'`` with a ``chunk_size``, what ``auto`` picks
+from 4,096 rows) or on the ring (``impl='ring'``), the gradient is computed in the same pass as the loss
+(``fused_siglip``): every pair's term is independent, so each tile's dL/dlogits is known as soon as its
+logits are, and the generic streamed path's second pass (which recomputes every tile's logits for the
+backward, 4 matmuls where the dense loss needs 3) is not needed. ``reduction='none'`` takes the generic
+path.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +41,7 @@ from contrastive.losses.streamed import (
     reduce_rows,
     resolve_impl,
 )
+from contrastive.parallel.ring import as_varying, ring_shift
 from contrastive.parallel.tiled import MAX, SUM
 
 Array = jax.Array
@@ -65,21 +69,28 @@ def sigmoid_rows(totals, _):
     return {"loss": totals[SUM]["loss"]}
 
 
-def fused_tiled_siglip(image: Array, text: Array, scale: Array, bias: Array, chunk: int):
-    """(mean sigmoid loss, each row's best negative logit ``t s_ij``) of one device's N pairs in chunk x chunk
-    tiles, with the gradients computed in the forward pass (a custom VJP whose backward only scales them).
+def fused_siglip(image: Array, text: Array, scale: Array, bias: Array, chunk: int, axis_name: str | None = None):
+    """(global mean sigmoid loss, each local row's best negative logit ``t s_ij``) in chunk x chunk tiles,
+    with the gradients computed in the forward pass (a custom VJP whose backward only scales them).
 
     Per tile, with l = t X_i Y_j^T + b and z = +1 on the diagonal of the global pair matrix, -1 elsewhere:
     the loss sum(softplus(-z l)) and g = dL/dl = -z sigmoid(-z l); then dX_i += t g Y_j, dY_j += t g^T X_i,
     dt += sum(g X_i Y_j^T), db += sum(g): three matmuls per tile, as the dense loss and its gradient need,
-    in O(N D + chunk^2) memory. Memory bounded like the streamed path, and one matmul per tile cheaper.
+    where the generic streamed path recomputes every tile's logits in its backward (four). With
+    ``axis_name`` (inside ``jax.shard_map``) the text blocks go around the ring of ``parallel.ring``
+    (Zhai et al. 2023, Sec. 3.3), each with its gradient accumulator, which one last ppermute brings home;
+    the loss is psum'd inside, so the one cotangent of the replicated output scales every gradient. Memory:
+    O(b_local d + chunk^2) per device, nothing gathered.
     """
-    n, d = image.shape[0] // chunk, image.shape[1]
+    num_dev = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+    b, d = image.shape
+    n, rows = b // chunk, b * num_dev
     eye = jnp.eye(chunk, dtype=bool)
+    shift = ring_shift(axis_name, num_dev)
+    varying = functools.partial(as_varying, axis_name=axis_name)  # loop carries vary over the ring, as the tiles do
 
-    def scan(image, text, scale, bias, with_grads: bool):
-        xs = (image.astype(jnp.float32) * scale).reshape(n, chunk, d)  # the scale folded into the rows
-        ys = text.astype(jnp.float32).reshape(n, chunk, d)
+    def block(xs, ys, bias, own: bool, with_grads: bool):
+        """One b x b block (query rows xs [n, chunk, d] against a text block ys), tile by tile."""
 
         def tile(x, y, positive):
             logits = x @ y.T + bias
@@ -93,7 +104,7 @@ def fused_tiled_siglip(image: Array, text: Array, scale: Array, bias: Array, chu
 
             def col_block(inner, col):
                 j, y = col
-                loss, best, g, logits = tile(x, y, eye & (i == j))
+                loss, best, g, logits = tile(x, y, eye & (i == j) & own)
                 out = {"loss": inner["loss"] + loss, "best": jnp.maximum(inner["best"], best)}
                 if not with_grads:
                     return out, None
@@ -101,9 +112,9 @@ def fused_tiled_siglip(image: Array, text: Array, scale: Array, bias: Array, chu
                         "db": inner["db"] + jnp.sum(g)}
                 return out, g.T @ x
 
-            start = {"loss": carry["loss"], "best": jnp.full((chunk,), -jnp.inf)}
+            start = {"loss": carry["loss"], "best": varying(jnp.full((chunk,), -jnp.inf))}
             if with_grads:
-                start |= {"dx": jnp.zeros((chunk, d)), "dt": carry["dt"], "db": carry["db"]}
+                start |= {"dx": varying(jnp.zeros((chunk, d))), "dt": carry["dt"], "db": carry["db"]}
             inner, dy = jax.lax.scan(col_block, start, (jnp.arange(n), ys))
             out = {"loss": inner["loss"]}
             if with_grads:
@@ -112,21 +123,39 @@ def fused_tiled_siglip(image: Array, text: Array, scale: Array, bias: Array, chu
 
         zero = jnp.zeros((), jnp.float32)
         start = {"loss": zero} | ({"dt": zero, "db": zero, "dy": jnp.zeros((n, chunk, d))} if with_grads else {})
-        totals, (best, dx) = jax.lax.scan(row_block, start, (jnp.arange(n), xs))
-        rows = n * chunk
-        out = (totals["loss"] / rows, best.reshape(rows))
+        totals, (best, dx) = jax.lax.scan(row_block, varying(start), (jnp.arange(n), xs))
+        dy = totals.pop("dy", None)
+        return totals | {"best": best} | ({"dx": dx} if with_grads else {}), dy
+
+    def run(image, text, scale, bias, with_grads: bool):
+        xs = (image.astype(jnp.float32) * scale).reshape(n, chunk, d)  # the scale folded into the rows
+        ys = text.astype(jnp.float32).reshape(n, chunk, d)
+        acc, dy = block(xs, ys, bias, True, with_grads)  # the own block: the only one with positives
+        if num_dev > 1:
+            def visit(_, carry):
+                ys, dy, acc = carry  # a text block travels with its gradient; the rest stays home
+                ys, dy = shift((ys, dy))
+                more, d_more = block(xs, ys, bias, False, with_grads)
+                acc = {k: jnp.maximum(v, more[k]) if k == "best" else v + more[k] for k, v in acc.items()}
+                return ys, (d_more if dy is None else dy + d_more), acc
+
+            _, dy, acc = jax.lax.fori_loop(1, num_dev, visit, (ys, dy, acc))
+            if with_grads:
+                dy = shift(dy)  # after D - 1 shifts a device holds device i + 1's block: one more brings it home
+        loss = acc["loss"] if axis_name is None else jax.lax.psum(acc["loss"], axis_name)
+        out = (loss / rows, acc["best"].reshape(b))
         if not with_grads:
             return out, None
-        grads = (scale * dx.reshape(rows, d) / rows, totals["dy"].reshape(rows, d) / rows,
-                 totals["dt"] / (scale * rows), totals["db"] / rows)
+        grads = (scale * acc["dx"].reshape(b, d) / rows, dy.reshape(b, d) / rows, acc["dt"] / (scale * rows),
+                 acc["db"] / rows)
         return out, grads
 
     @jax.custom_vjp
     def fused(image, text, scale, bias):
-        return scan(image, text, scale, bias, False)[0]
+        return run(image, text, scale, bias, False)[0]
 
     def forward(image, text, scale, bias):
-        return scan(image, text, scale, bias, True)
+        return run(image, text, scale, bias, True)
 
     def backward(grads, cotangents):
         d_image, d_text, d_scale, d_bias = grads
@@ -134,6 +163,9 @@ def fused_tiled_siglip(image: Array, text: Array, scale: Array, bias: Array, chu
         return ((c * d_image).astype(image.dtype), (c * d_text).astype(text.dtype), c * d_scale, c * d_bias)
 
     fused.defvjp(forward, backward)
+    # Per-device scale and bias: the backward returns this device's part of their gradients, and the
+    # transpose of the cast sums the parts (parallel.ring.as_varying).
+    scale, bias = as_varying((scale, bias), axis_name)
     return fused(image, text, scale, bias)
 
 
@@ -173,12 +205,17 @@ def siglip(
         if jnp.ndim(value) != 0:
             raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
     b = image.shape[0]
-    impl, chunk_size, _ = resolve_impl(impl, chunk_size, local_rows=b, axis_name=axis_name)
+    fusable = reduction == "mean"
+    impl, chunk_size, _ = resolve_impl(impl, chunk_size, local_rows=b, axis_name=axis_name, dim=image.shape[-1],
+                                       fused=fusable)
     params = {"scale": jnp.asarray(logit_scale, jnp.float32), "bias": jnp.asarray(logit_bias, jnp.float32)}
-    if axis_name is None and impl == "gather" and chunk_size is not None and reduction == "mean":
-        loss, best_neg_logit = fused_tiled_siglip(image, text, params["scale"], params["bias"], chunk_size)
-        metrics = local_pair_metrics(cross_modal_positives(image, text, None), best_neg_logit, params["scale"], b,
-                                     None)
+    ring = impl == "ring" and axis_name is not None
+    if fusable and (ring or (axis_name is None and impl == "gather" and chunk_size is not None)):
+        loss, best_neg_logit = fused_siglip(image, text, params["scale"], params["bias"], chunk_size or b,
+                                            axis_name if ring else None)
+        metrics = local_pair_metrics(cross_modal_positives(image, text, axis_name if ring else None),
+                                     best_neg_logit, params["scale"], b * num_devices(axis_name if ring else None),
+                                     axis_name if ring else None)
         return loss, metrics
     rows, _, metric_totals = block_row_losses(
         sigmoid_block_terms, sigmoid_rows, image, cross_modal_meta(b, 0, axis_name), text,

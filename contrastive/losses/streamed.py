@@ -34,8 +34,8 @@ from contrastive.losses.core import (
     Variants,
     finalize_rows,
     gather_rows,
-    global_sum,
     global_mean,
+    global_sum,
     l2_normalize,
     num_devices,
     pair_metric_terms,
@@ -52,13 +52,19 @@ IMPLS = ("auto", "gather", "ring")
 REDUCTIONS = ("mean", "none")
 
 # impl='auto' (the default of every loss on these paths) at trace time, from static shapes. Measured by
-# experiments/loss_speed.py (experiments/results/loss_speed{,_siglip}.md; CLIP and SigLIP forward + backward,
-# one device, 2 shared CPU cores): below 8,192 rows the dense path is the fastest of ours or within noise of
-# the tiled one; the tiled softmax losses recompute the similarities in their backward (4 matmuls of
-# B x B x d instead of 3), while dense's buffers grow as b_local x B (CLIP, d = 512: XLA's buffers 0.16 /
-# 2.16 GiB at B = 4,096 / 16,384, tiled 0.04 / 0.16 GiB). From 8,192 rows on the tiled path is kept: memory
-# linear in B, and still faster than naive JAX there for CLIP (1.29x-2.61x at 16,384).
+# experiments/loss_speed.py (experiments/results/loss_speed.md: CLIP and SigLIP forward + backward, one
+# device, 2 CPU cores, B = 256-16,384, d = 128 and 512). The dense path holds b_local x B logits and makes
+# several elementwise passes over them (memory-bound once they leave the cache); the tiled softmax losses
+# keep each tile in cache but recompute the similarities in their backward (4 B x B x d matmuls instead of
+# 3). So the tiled path wins earlier when the matmuls are cheap against the elementwise work: at 4,096 rows
+# it was 1.31x dense for CLIP at d = 128 but 0.79x at d = 512, and 1.59x / 1.24x for SigLIP's fused tiled
+# path (3 matmuls, its gradient in the forward pass) at d = 128 / 512; below 4,096 rows dense was the
+# faster or within noise everywhere. From 8,192 rows the tiled path is kept at any d: memory linear in B,
+# and faster than naive JAX at 16,384 (CLIP 2.64x / 1.49x at d = 128 / 512, SigLIP 1.62x / 1.23x).
+# Several devices (ring) keep the 8,192-row rule at every d (experiments/results/loss_speed_8dev.md).
 AUTO_MIN_GLOBAL_ROWS = 8192
+AUTO_MIN_ROWS_CHEAP = 4096  # one device: the tiled path from here when it is fused or d <= AUTO_CHEAP_DIM
+AUTO_CHEAP_DIM = 256
 AUTO_MAX_TILE = 512  # the benchmark's tile (loss_speed.md)
 AUTO_MIN_TILE = 128  # smaller tiles are mostly loop overhead; then no tiling (or gather on 1 device)
 
@@ -77,7 +83,8 @@ def auto_chunk_size(rows: int) -> int | None:
 
 
 def auto_impl(
-    local_rows: int, axis_size: int, *, sharded: bool, whole_rows: bool = False, pair_scale: bool = False
+    local_rows: int, axis_size: int, *, sharded: bool, whole_rows: bool = False, pair_scale: bool = False,
+    dim: int | None = None, fused: bool = False,
 ) -> tuple[str, int | None]:
     """(impl, chunk_size) that ``impl='auto'`` resolves to; pure Python on static shapes.
 
@@ -88,15 +95,20 @@ def auto_impl(
       whole_rows: a variant needs the whole row of logits (``hardest_negatives``).
       pair_scale: whether the temperature / logit scale is per pair (an array of rank >= 2, broadcast
         against the b_local x B logits); the streamed paths take a scalar or one value per row.
+      dim: the embedding dimension (None: unknown, treated as large).
+      fused: the one-device tiled path computes its gradient in the forward pass (3 matmuls, SigLIP).
 
     Rule: ``('gather', None)`` (dense b_local x B logits, the reference) when a variant needs whole rows,
     the scale is per pair, or the global rows are fewer than ``AUTO_MIN_GLOBAL_ROWS`` (8,192; below it
-    the dense path is the faster and its b_local x B logits are small, see the comment above). Otherwise, sharded:
+    the dense path is the faster and its b_local x B logits are small, see the comment above); on one
+    device the threshold is ``AUTO_MIN_ROWS_CHEAP`` (4,096) when the tiled path is ``fused`` or
+    ``dim <= AUTO_CHEAP_DIM`` (256), where tiles beat dense's elementwise passes. Otherwise, sharded:
     ``('ring', auto_chunk_size(local_rows))`` (b x b blocks around the ring, tiled when the local block
     is larger than one tile); one device: ``('gather', auto_chunk_size(local_rows))`` (the tiled path),
     or the dense path when no tile divides the rows.
     """
-    if whole_rows or pair_scale or local_rows * axis_size < AUTO_MIN_GLOBAL_ROWS:
+    cheap = not sharded and (fused or (dim is not None and dim <= AUTO_CHEAP_DIM))
+    if whole_rows or pair_scale or local_rows * axis_size < (AUTO_MIN_ROWS_CHEAP if cheap else AUTO_MIN_GLOBAL_ROWS):
         return "gather", None
     chunk = auto_chunk_size(local_rows)
     return ("ring" if sharded else "gather"), chunk
@@ -122,12 +134,13 @@ def check_impl(impl: str, chunk_size, variants: Variants = PLAIN, scale=1.0) -> 
 
 
 def resolve_impl(
-    impl: str, chunk_size, *, local_rows: int, axis_name: str | None, variants: Variants = PLAIN, scale=1.0
+    impl: str, chunk_size, *, local_rows: int, axis_name: str | None, variants: Variants = PLAIN, scale=1.0,
+    dim: int | None = None, fused: bool = False,
 ) -> tuple[str, int | None, bool]:
     """(impl, chunk_size, streamed) of a loss, validated; resolves ``impl='auto'`` (trace time).
 
     ``'gather'`` and ``'ring'`` are returned as given. ``'auto'`` picks the impl by :func:`auto_impl`
-    from ``local_rows``, the axis size, ``variants`` and the shape of ``scale``; an explicit
+    from ``local_rows``, the axis size, ``variants``, the shape of ``scale``, ``dim`` and ``fused``; an explicit
     ``chunk_size`` is kept, otherwise auto's tile is used.
     """
     if impl == "auto":
@@ -138,6 +151,8 @@ def resolve_impl(
             sharded=axis_name is not None,
             whole_rows=variants.hardest_negatives is not None,
             pair_scale=jnp.ndim(scale) > 1,
+            dim=dim,
+            fused=fused,
         )
         chunk_size = auto_chunk if chunk_size is None else chunk_size
     return impl, chunk_size, check_impl(impl, chunk_size, variants, scale)
@@ -262,7 +277,8 @@ def multi_view_xent(z: Array, labels: Array | None, *, scale, axis_name, impl, c
     b, num_views, _ = z.shape
     params, row_scale = split_scale(scale, b, num_views)
     impl, chunk_size, _ = resolve_impl(impl, chunk_size, local_rows=b * num_views, axis_name=axis_name,
-                                       variants=options.get("variants", PLAIN), scale=params.get("scale", 1.0))
+                                       variants=options.get("variants", PLAIN), scale=params.get("scale", 1.0),
+                                       dim=z.shape[-1])
     unit = l2_normalize(z)
     rows = (jnp.swapaxes(unit, 0, 1).reshape(b * num_views, -1), row_scale)
     meta = multi_view_meta(b, num_views, labels, axis_name)
@@ -298,12 +314,13 @@ def cross_modal_xent(queries: Array, keys: Array, *, scale, axis_name, impl, chu
     b = queries.shape[0]
     params, row_scale = split_scale(scale, b)
     impl, chunk_size, _ = resolve_impl(impl, chunk_size, local_rows=b, axis_name=axis_name,
-                                       variants=options.get("variants", PLAIN), scale=params.get("scale", 1.0))
+                                       variants=options.get("variants", PLAIN), scale=params.get("scale", 1.0),
+                                       dim=queries.shape[-1])
     q = ((queries, row_scale), cross_modal_meta(b, 0, axis_name))
     k = ((keys, row_scale), cross_modal_meta(b, 1, axis_name))
     if is_plain(params, options):
-        lean = functools.partial(infonce_xent, params=params, positives=cross_modal_positives(queries, keys, axis_name), axis_name=axis_name, impl=impl,
-                                 chunk_size=chunk_size,
+        lean = functools.partial(infonce_xent, params=params, positives=cross_modal_positives(queries, keys, axis_name),
+                                 axis_name=axis_name, impl=impl, chunk_size=chunk_size,
                                  positives_in_denominator=options.get("positives_in_denominator", True))
         if impl == "ring" or axis_name is None:
             return lean(*q, *k, symmetric=True)  # both directions from the same tiles of logits
@@ -328,7 +345,7 @@ def is_plain(params, options) -> bool:
             and jnp.ndim(params.get("scale", 1.0)) == 0)
 
 
-def cross_modal_positives(queries: Array, keys: Array, axis_name: str | None) -> "LocalPositives":
+def cross_modal_positives(queries: Array, keys: Array, axis_name: str | None) -> LocalPositives:
     """The positives of the cross-modal layout: query i's is key i (both local)."""
     queries, keys = queries.astype(jnp.float32), keys.astype(jnp.float32)
     pair_sim = jnp.sum(queries * keys, -1)
@@ -337,7 +354,7 @@ def cross_modal_positives(queries: Array, keys: Array, axis_name: str | None) ->
                           self_pairs=False)
 
 
-def local_pair_metrics(positives: "LocalPositives", best_neg_logit, scale, candidates: int, axis_name):
+def local_pair_metrics(positives: LocalPositives, best_neg_logit, scale, candidates: int, axis_name):
     """``core.pair_metrics`` from the local positives and each row's best negative logit (``scale`` > 0 times
     the similarity, per row or a scalar): a row is a top-1 hit when its best positive logit beats it.
     ``candidates``: global columns per row (itself and its positives included)."""

@@ -34,6 +34,23 @@ from tests.parallel.cases import CASES, clip_positional, nt_xent_positional
 )
 def test_auto_rule(local_rows, axis_size, sharded, expected):
     assert auto_impl(local_rows, axis_size, sharded=sharded) == expected
+    assert auto_impl(local_rows, axis_size, sharded=sharded, dim=512) == expected  # a large d: the same rule
+
+
+@pytest.mark.parametrize(
+    "local_rows, kwargs, expected",
+    [
+        (4096, {"dim": 256}, ("gather", 512)),  # one device, a small d: tiled from 4,096 rows
+        (4095, {"dim": 128}, ("gather", None)),
+        (4096, {"dim": 257}, ("gather", None)),  # a large d: from 8,192 rows
+        (4096, {"dim": 512, "fused": True}, ("gather", 512)),  # SigLIP's fused tiled path: from 4,096 at any d
+        (2048, {"dim": 32, "fused": True}, ("gather", None)),  # below 4,096: dense
+    ],
+)
+def test_auto_rule_on_one_device_tiles_from_4096_rows_where_tiles_are_cheap(local_rows, kwargs, expected):
+    assert auto_impl(local_rows, 1, sharded=False, **kwargs) == expected
+    # sharded: the ring keeps the 8,192-row rule at every d
+    assert auto_impl(local_rows // 8, 8, sharded=True, **kwargs) == ("gather", None)
 
 
 @pytest.mark.parametrize("kwargs", [{"whole_rows": True}, {"pair_scale": True}])
@@ -85,9 +102,20 @@ def test_default_resolves_by_global_rows_when_sharded(batch, streams, loss):
     assert ("all_gather" in jaxpr) != streams
 
 
-@pytest.mark.parametrize("pairs, streams", [(2048, False), (4096, True)])  # 2N = 4,096 / 8,192 rows
-def test_default_resolves_by_global_rows_on_one_device(pairs, streams):
-    jaxpr = _jaxpr(nt_xent, (pairs, 16), (pairs, 16), distributed=False, temperature=0.5)
+@pytest.mark.parametrize("pairs, dim, streams", [(1024, 16, False), (2048, 16, True), (2048, 512, False),
+                                                (4096, 512, True)])  # 2N = 2,048 / 4,096 / 8,192 rows
+def test_default_resolves_by_global_rows_and_dim_on_one_device(pairs, dim, streams):
+    jaxpr = _jaxpr(nt_xent, (pairs, dim), (pairs, dim), distributed=False, temperature=0.5)
+    assert ("scan" in jaxpr or "while" in jaxpr) == streams
+
+
+@pytest.mark.parametrize("batch, reduction, streams", [(2048, "mean", False), (4096, "mean", True),
+                                                       (4096, "none", False), (8192, "none", True)])
+def test_siglip_default_tiles_from_4096_rows_where_fused(batch, reduction, streams):
+    """d = 512: the fused tiled SigLIP (one device, mean) from 4,096 rows; reduction='none' runs the two-pass
+    tiled path, which keeps the 8,192-row rule."""
+    jaxpr = _jaxpr(siglip, (batch, 512), (batch, 512), distributed=False, logit_scale=5.0, logit_bias=-5.0,
+                   reduction=reduction)
     assert ("scan" in jaxpr or "while" in jaxpr) == streams
 
 
