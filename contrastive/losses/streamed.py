@@ -61,9 +61,13 @@ REDUCTIONS = ("mean", "none")
 # path (3 matmuls, its gradient in the forward pass) at d = 128 / 512; below 4,096 rows dense was the
 # faster or within noise everywhere. From 8,192 rows the tiled path is kept at any d: memory linear in B,
 # and faster than naive JAX at 16,384 (CLIP 2.64x / 1.49x at d = 128 / 512, SigLIP 1.62x / 1.23x).
-# Several devices (ring) keep the 8,192-row rule at every d (experiments/results/loss_speed_8dev.md).
+# Several devices (8 virtual CPU devices, experiments/results/loss_speed_8dev.md): the ring beat the dense
+# all-gather from 4,096 global rows at d = 128 and 512 (CLIP 1.50x / 1.65x, SigLIP's fused ring 1.10x /
+# 1.08x; at 1,024 rows CLIP's ring 1.08-1.12x, SigLIP's 0.84-0.96x), so sharded losses ring from 4,096
+# global rows at any d. Virtual devices share the host's memory: on an accelerator the ppermute latency
+# differs and the crossover should be measured there (loss_speed.py --devices).
 AUTO_MIN_GLOBAL_ROWS = 8192
-AUTO_MIN_ROWS_CHEAP = 4096  # one device: the tiled path from here when it is fused or d <= AUTO_CHEAP_DIM
+AUTO_MIN_ROWS_CHEAP = 4096  # sharded, or one device where the tiled path is fused or d <= AUTO_CHEAP_DIM
 AUTO_CHEAP_DIM = 256
 AUTO_MAX_TILE = 512  # the benchmark's tile (loss_speed.md)
 AUTO_MIN_TILE = 128  # smaller tiles are mostly loop overhead; then no tiling (or gather on 1 device)
@@ -100,14 +104,15 @@ def auto_impl(
 
     Rule: ``('gather', None)`` (dense b_local x B logits, the reference) when a variant needs whole rows,
     the scale is per pair, or the global rows are fewer than ``AUTO_MIN_GLOBAL_ROWS`` (8,192; below it
-    the dense path is the faster and its b_local x B logits are small, see the comment above); on one
-    device the threshold is ``AUTO_MIN_ROWS_CHEAP`` (4,096) when the tiled path is ``fused`` or
-    ``dim <= AUTO_CHEAP_DIM`` (256), where tiles beat dense's elementwise passes. Otherwise, sharded:
+    the dense path is the faster and its b_local x B logits are small, see the comment above); the
+    threshold is ``AUTO_MIN_ROWS_CHEAP`` (4,096) when sharded (the ring beat the all-gather from there) and
+    on one device when the tiled path is ``fused`` or ``dim <= AUTO_CHEAP_DIM`` (256), where tiles beat
+    dense's elementwise passes. Otherwise, sharded:
     ``('ring', auto_chunk_size(local_rows))`` (b x b blocks around the ring, tiled when the local block
     is larger than one tile); one device: ``('gather', auto_chunk_size(local_rows))`` (the tiled path),
     or the dense path when no tile divides the rows.
     """
-    cheap = not sharded and (fused or (dim is not None and dim <= AUTO_CHEAP_DIM))
+    cheap = sharded or fused or (dim is not None and dim <= AUTO_CHEAP_DIM)
     if whole_rows or pair_scale or local_rows * axis_size < (AUTO_MIN_ROWS_CHEAP if cheap else AUTO_MIN_GLOBAL_ROWS):
         return "gather", None
     chunk = auto_chunk_size(local_rows)

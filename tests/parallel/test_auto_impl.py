@@ -24,8 +24,9 @@ from tests.parallel.cases import CASES, clip_positional, nt_xent_positional
         (8320, 1, False, ("gather", 128)),  # 8320 = 65 x 128: largest power of two in [128, 512]
         (9000, 1, False, ("gather", 500)),  # no power of two in range divides: largest divisor
         (8209, 1, False, ("gather", None)),  # prime: no tile, the dense path
-        (512, 8, True, ("gather", None)),  # B = 4,096 on 8 devices
-        (1023, 8, True, ("gather", None)),  # 8,184 rows
+        (256, 8, True, ("gather", None)),  # B = 2,048 on 8 devices
+        (511, 8, True, ("gather", None)),  # 4,088 rows
+        (512, 8, True, ("ring", None)),  # B = 4,096: ring from 4,096 global rows at any d
         (1024, 8, True, ("ring", 512)),  # B = 8,192: ring, local blocks of 1,024 in tiles of 512
         (4096, 8, True, ("ring", 512)),  # large local blocks are tiled too
         (8209, 8, True, ("ring", None)),  # no tile divides: plain b x b ring blocks
@@ -49,8 +50,9 @@ def test_auto_rule(local_rows, axis_size, sharded, expected):
 )
 def test_auto_rule_on_one_device_tiles_from_4096_rows_where_tiles_are_cheap(local_rows, kwargs, expected):
     assert auto_impl(local_rows, 1, sharded=False, **kwargs) == expected
-    # sharded: the ring keeps the 8,192-row rule at every d
-    assert auto_impl(local_rows // 8, 8, sharded=True, **kwargs) == ("gather", None)
+    # sharded: the ring from 4,096 global rows at every d
+    assert auto_impl(4096 // 8, 8, sharded=True, **kwargs) == ("ring", None)
+    assert auto_impl(4088 // 8, 8, sharded=True, **kwargs) == ("gather", None)
 
 
 @pytest.mark.parametrize("kwargs", [{"whole_rows": True}, {"pair_scale": True}])
@@ -94,7 +96,7 @@ IMAGE_TEXT = {"clip": (clip, {"logit_scale": 5.0}), "siglip": (siglip, {"logit_s
 
 
 @pytest.mark.parametrize("loss", sorted(IMAGE_TEXT))
-@pytest.mark.parametrize("batch, streams", [(4096, False), (8192, True)])
+@pytest.mark.parametrize("batch, streams", [(2048, False), (4096, True)])
 def test_default_resolves_by_global_rows_when_sharded(batch, streams, loss):
     loss_fn, hparams = IMAGE_TEXT[loss]
     jaxpr = _jaxpr(loss_fn, (batch, 16), (batch, 16), distributed=True, **hparams)
@@ -135,8 +137,7 @@ def test_auto_on_one_device_equals_gather_where_it_tiles(monkeypatch):
     assert_trees_close(auto, gather, rtol=1e-4, atol=1e-7)
 
 
-def test_auto_on_eight_devices_equals_gather_where_it_rings(monkeypatch):
-    monkeypatch.setattr(streamed, "AUTO_MIN_GLOBAL_ROWS", 4096)  # the rule at half the size: a faster test
+def test_auto_on_eight_devices_equals_gather_where_it_rings():
     x, y = unit_rows(random_embeddings(22, 4096, 8)), unit_rows(random_embeddings(23, 4096, 8))
     args = (x, y, np.float32(5.0))
     assert auto_impl(4096 // 8, 8, sharded=True) == ("ring", None)
@@ -151,7 +152,7 @@ def _supcon_small_tiles(z, temperature, labels, **kw):
 
 def test_auto_ring_with_tiles_equals_gather(monkeypatch):
     """Large local blocks (ring + tiles), at test size: thresholds lowered so that 16 x 3 rows tile."""
-    monkeypatch.setattr(streamed, "AUTO_MIN_GLOBAL_ROWS", 32)
+    monkeypatch.setattr(streamed, "AUTO_MIN_ROWS_CHEAP", 32)
     monkeypatch.setattr(streamed, "AUTO_MAX_TILE", 4)
     monkeypatch.setattr(streamed, "AUTO_MIN_TILE", 2)
     assert auto_impl(2 * 3, 8, sharded=True) == ("ring", 2)
