@@ -151,11 +151,10 @@ def ours_loss(loss: str, devices: int, **kwargs):
 
 def auto_choice(loss: str, batch: int, devices: int, dim: int) -> str:
     """Which of dense / tiled ``impl='auto'`` resolves to for this case (``streamed.auto_impl``; SigLIP's
-    one-device tiled path is the fused one)."""
+    tiled path and ring, with the mean reduction benchmarked here, are the fused ones)."""
     from contrastive.losses.streamed import auto_impl
 
-    impl, chunk = auto_impl(batch // devices, devices, sharded=devices > 1, dim=dim,
-                            fused=loss == "siglip" and devices == 1)
+    impl, chunk = auto_impl(batch // devices, devices, sharded=devices > 1, dim=dim, fused=loss == "siglip")
     return "dense" if impl == "gather" and chunk is None else "tiled"
 
 
