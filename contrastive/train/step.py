@@ -164,14 +164,17 @@ def make_image_text_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformatio
         def loss_fn(params):
             if state_sharding is not None:
                 params = gathered(params, state_sharding.params, mesh)
-            model = nnx.merge(graphdef, params, state.model_state)
+            # copy=True: a BatchNorm image tower (ResNet) writes its batch statistics at this trace level.
+            model = nnx.merge(graphdef, params, state.model_state, copy=True)
             scale, bias = model.logit_scale_and_bias()
             loss, metrics = loss_on_mesh(model.embed_image(images), model.embed_text(tokens), scale,
                                          jnp.zeros(()) if bias is None else bias)
             learned = {"logit_scale": scale} if bias is None else {"logit_scale": scale, "logit_bias": bias}
-            return loss, {**metrics, **learned}
+            _, _, model_state = nnx.split(model, nnx.Param, ...)  # BatchNorm statistics of this batch
+            return loss, ({**metrics, **learned}, model_state)
 
-        return _apply_gradients(state, tx, jax.value_and_grad(loss_fn, has_aux=True))
+        state, (metrics, model_state) = _apply_gradients(state, tx, jax.value_and_grad(loss_fn, has_aux=True))
+        return state.replace(model_state=model_state), metrics
 
     return _jit_step(train_step, mesh, state_sharding)
 

@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -125,3 +126,18 @@ def test_a_standard_tfds_image_text_set_trains_through_the_runner(tiny_image_tex
     assert "image_to_text/recall@10" not in result["retrieval"]  # 8 test images: R@10 is undefined
     history = [json.loads(line) for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [2] and set(history[0]) == set(result)  # periodic eval, then the end
+
+
+@pytest.mark.slow
+def test_a_batchnorm_image_tower_trains_and_keeps_its_batch_statistics(tiny_image_text, tmp_path):
+    """A ResNet image tower (BatchNorm) in the dual encoder: the step writes this batch's statistics into
+    the model state (it used to fail to trace: BatchStat mutated from another trace level)."""
+    config = tiny_image_text("clip", num_steps=3, **{"model.encoder": "resnet18", "model.resnet.width": 0.125})
+    train_and_evaluate(config, tmp_path)
+    values = losses(tmp_path)
+    assert len(values) == 3 and np.all(np.isfinite(values))
+    directory = tmp_path / "checkpoints"
+    step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    model_state = ocp.StandardCheckpointer().restore((directory / str(step) / "state").absolute())["model_state"]
+    leaves = [np.asarray(x) for x in jax.tree.leaves(model_state)]
+    assert leaves and any(np.any(x != 0) and np.any(x != 1) for x in leaves)  # running stats moved off init
