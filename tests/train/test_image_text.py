@@ -28,10 +28,10 @@ def losses(workdir):
     return [r["loss"] for r in read_metrics(pathlib.Path(workdir) / "metrics.jsonl")]
 
 
-def final_params(workdir):
+def final_params(workdir, field="params"):
     directory = pathlib.Path(workdir) / "checkpoints"
     step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-    return ocp.StandardCheckpointer().restore((directory / str(step) / "state").absolute())["params"]
+    return ocp.StandardCheckpointer().restore((directory / str(step) / "state").absolute())[field]
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip", "infoloob"])
@@ -136,8 +136,5 @@ def test_a_batchnorm_image_tower_trains_and_keeps_its_batch_statistics(tiny_imag
     train_and_evaluate(config, tmp_path)
     values = losses(tmp_path)
     assert len(values) == 3 and np.all(np.isfinite(values))
-    directory = tmp_path / "checkpoints"
-    step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-    model_state = ocp.StandardCheckpointer().restore((directory / str(step) / "state").absolute())["model_state"]
-    leaves = [np.asarray(x) for x in jax.tree.leaves(model_state)]
+    leaves = [np.asarray(x) for x in jax.tree.leaves(final_params(tmp_path, "model_state"))]
     assert leaves and any(np.any(x != 0) and np.any(x != 1) for x in leaves)  # running stats moved off init
