@@ -153,6 +153,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     # Import after parsing so that --help is instant.
+    from contrastive.parallel.coordination import CoordinationError
     from contrastive.train import config as config_lib
     from contrastive.train.checkpoint import CheckpointError
     from contrastive.train.runner import Interrupted, NonFiniteLossError, train_and_evaluate
@@ -160,7 +161,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         config = config_lib.load_config(args.config, config_lib.parse_overrides(rest))
         train_and_evaluate(config, args.workdir)
-    except (config_lib.ConfigError, CheckpointError) as e:
+    except (config_lib.ConfigError, CheckpointError, CoordinationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:

@@ -16,10 +16,10 @@ import shutil
 import sys
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from contrastive import locks
+from contrastive.parallel import coordination
 from contrastive.train.config import ConfigError, flatten
 
 LOCK_NAME = "job.lock"
@@ -79,11 +79,8 @@ def hold_workdir(workdir: pathlib.Path):
             lock.acquire()
         except locks.LockHeld as e:
             held_by = str(e)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(bool(held_by))))
-        held_by = held_by or (locks.describe_holder(workdir / LOCK_NAME) if refused else "")
+    # Through the coordination service, not a collective: a refusal must not depend on gloo (coordination.py).
+    held_by = coordination.broadcast_text("workdir_lock", held_by)
     if held_by:
         raise ConfigError(f"--workdir {workdir} is in use by another job ({held_by}; lock file "
                           f"{workdir / LOCK_NAME}): wait for it to end or stop it, or use another --workdir")

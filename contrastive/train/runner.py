@@ -224,10 +224,16 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                                          num_workers=pipeline.worker_count(config.data.num_workers))
     except ValueError as e:
         raise ConfigError(f"config.batch_size: {e}") from None
-    state = jax.device_put(built.state, state_shardings(built.state, setup.mesh, config.sharding))
-    _trace_step(built.train_step, state, batches)
-    with hold_workdir(workdir):  # one job per workdir: a second one is refused here, having changed nothing
+    shardings = state_shardings(built.state, setup.mesh, config.sharding)
+    _trace_step(built.train_step, jax.tree.map(_abstract, built.state, shardings), batches)
+    # One job per workdir: a second one is refused here, having changed nothing and run no collective.
+    with hold_workdir(workdir):
+        state = jax.device_put(built.state, shardings)
         return _train_held(config, workdir, setup, built, batches, state)
+
+
+def _abstract(x, sharding) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 def _train_held(config, workdir: pathlib.Path, setup: Setup, built: Built, batches, state) -> dict:
@@ -272,14 +278,14 @@ def _train_held(config, workdir: pathlib.Path, setup: Setup, built: Built, batch
     return results
 
 
-def _trace_step(train_step, state, batches) -> None:
+def _trace_step(train_step, abstract_state, batches) -> None:
     """Trace (not compile, not run) the train step on the shapes of the first batch, so that every check
     the losses and the augmentation make at trace time refuses a bad config before the workdir is touched."""
     local = batches.local_batch(0)
     abstract = {k: jax.ShapeDtypeStruct((batches.global_batch_size, *v.shape[1:]), v.dtype, sharding=batches.sharding)
                 for k, v in local.items()}
     try:
-        train_step.trace(abstract_like(state), abstract)
+        train_step.trace(abstract_state, abstract)
     except ValueError as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"the train step cannot be built from this config: {reason}") from None
