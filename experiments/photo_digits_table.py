@@ -59,8 +59,8 @@ def raw_pixel_probes(config, seed: int) -> dict:
                                      knn_k=options.knn_k, knn_temperature=options.knn_temperature)
 
 
-def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str) -> str:
-    lines = [f"Photo digits (10,000 train / 2,000 test, 32x32 RGB, 10 balanced classes: chance 10%), "
+def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, dataset: str = "photo_digits") -> str:
+    lines = [f"`{dataset}` (10,000 train / 2,000 test, 32x32 RGB, 10 balanced classes: chance 10%), "
              f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); test accuracy in %, mean ± sample std. "
              "*random init*: the same encoder before training (same seed).", "",
              "| features | steps | linear probe | kNN | random init: linear probe | random init: kNN | minutes per run "
@@ -124,7 +124,8 @@ def main(argv=None) -> None:
               f"kNN {100 * raw[-1]['knn']:.2f}%", flush=True)
 
     command = " ".join(["python experiments/photo_digits_table.py", *(argv if argv is not None else sys.argv[1:])])
-    table = summarise(rows, raw, args.seeds, command.strip())
+    dataset = config_lib.load_config(CONFIGS["simclr"][0], overrides).data.name
+    table = summarise(rows, raw, args.seeds, command.strip(), dataset)
     out = ROOT / "experiments" / "results" / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Photo digits: learned vs random init vs raw pixels\n\n{table}")

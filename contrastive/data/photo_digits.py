@@ -76,6 +76,12 @@ class Recipe:
             raise ValueError(f"need {IMAGE_SIZE} <= min_crop <= max_crop <= {band}, got {self}")
 
 
+# The easier variant (`photo_digits_large`): digits of 22-28 px, so each covers most of the image and its
+# top-left corner moves over 0..10 px instead of 0..18 (the default's 14-28 px). For a budget of 15 minutes
+# on 2 CPU cores, where SimCLR on the default recipe reached 62% after 1,200 steps (about 20 minutes).
+LARGE = Recipe(min_scale=22)
+
+
 def _photos() -> list[np.ndarray]:
     from sklearn.datasets import load_sample_image
 
@@ -171,7 +177,8 @@ class PhotoDigits(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "10,000 train / 2,000 test, 32x32 RGB, alpha-composited, disjoint photo bands."}
-    BUILDER_CONFIGS = [PhotoDigitsConfig(name="default", description="seed 0, the default Recipe")]
+    BUILDER_CONFIGS = [PhotoDigitsConfig(name="default", description="seed 0, the default Recipe"),
+                       PhotoDigitsConfig(name="large", recipe=LARGE, description="seed 0, digits of 22-28 px")]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -206,6 +213,7 @@ class PhotoDigits(tfds.core.GeneratorBasedBuilder):
             yield i, example
 
 
-def photo_digits_builder(data_dir: str, config: PhotoDigitsConfig | None = None) -> PhotoDigits:
-    """The prepared builder; prepares the array_record files under `data_dir` on first use."""
+def photo_digits_builder(data_dir: str, config: PhotoDigitsConfig | str | None = None) -> PhotoDigits:
+    """The prepared builder (`config`: one of BUILDER_CONFIGS or its name; None: "default"); prepares the
+    array_record files under `data_dir` on first use."""
     return digits.prepared(PhotoDigits, data_dir, config=config)  # one process prepares, others wait

@@ -88,6 +88,15 @@ def test_captions_name_digit_colour_and_place():
     assert pd.colour_name((5, 5, 250)) == "blue"
 
 
+def test_the_large_recipe_has_larger_digits_over_fewer_positions():
+    import dataclasses
+
+    data = pd.generate("train", seed=0, recipe=dataclasses.replace(pd.LARGE, num_train=300))
+    assert data["scale"].min() >= 22 and data["scale"].max() == 28
+    assert data["position"].max() <= 32 - 22 and (data["position"] + data["scale"][:, None] <= 32).all()
+    assert data["image"].shape == (300, 32, 32, 3) and np.bincount(data["label"]).tolist() == [30] * 10
+
+
 @pytest.mark.parametrize("bad", [dict(min_scale=20, max_scale=10), dict(max_scale=33), dict(min_crop=16),
                                  dict(max_crop=500)])
 def test_bad_recipe_is_refused(bad):
@@ -129,6 +138,9 @@ def test_registered_dataset_has_the_full_splits_fields_and_balance(tmp_path_fact
     assert pipeline.max_pixel_value("photo_digits") == 255.0
     captioned = pipeline.data_source("photo_digits_captions", "test", data_dir)
     assert len(captioned[0]["captions"]) == len(pd.CAPTION_TEMPLATES)
+    large = pipeline.read_all(pipeline.data_source("photo_digits_large", "test", data_dir), ("image", "index"))
+    want = pd.generate("test", recipe=pd.LARGE)["image"]
+    np.testing.assert_array_equal(large["image"][np.argsort(large["index"])], want)
 
 
 @pytest.mark.parametrize("name", ["simclr", "byol", "moco", "clip"])
