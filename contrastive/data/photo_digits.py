@@ -23,6 +23,9 @@ Each image is made from its own draws of a NumPy PCG64 stream seeded with (seed,
 4. Blending, alpha compositing (not MNIST-M's |background - digit|): x = (1 - a) * background + a * k,
    rounded to uint8.
 
+The builder config `large` (dataset `photo_digits_large`) uses `LARGE`, digits of 22..28 pixels instead of
+14..28; everything else is the same.
+
 Extra fields keep every nuisance draw, so experiments can probe what the features kept and captions can
 name them: `colour` (RGB uint8), `position` (row, col of the digit's top-left corner), `scale` (s),
 `photo` (0 china, 1 flower), `crop` (row0, col0, row1, col1 of the background crop in the photo, end
