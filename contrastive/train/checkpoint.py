@@ -167,6 +167,9 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_like(state):
-    """Shapes, dtypes and shardings of `state`, the restore target."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+def abstract_like(state, shardings=None):
+    """Shapes, dtypes and shardings of `state` (the restore target), or its shapes and dtypes with
+    `shardings` (a tree like `state`) for a state not yet placed."""
+    if shardings is None:
+        return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)

@@ -225,15 +225,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     except ValueError as e:
         raise ConfigError(f"config.batch_size: {e}") from None
     shardings = state_shardings(built.state, setup.mesh, config.sharding)
-    _trace_step(built.train_step, jax.tree.map(_abstract, built.state, shardings), batches)
+    _trace_step(built.train_step, abstract_like(built.state, shardings), batches)
     # One job per workdir: a second one is refused here, having changed nothing and run no collective.
     with hold_workdir(workdir):
         state = jax.device_put(built.state, shardings)
         return _train_held(config, workdir, setup, built, batches, state)
-
-
-def _abstract(x, sharding) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 def _train_held(config, workdir: pathlib.Path, setup: Setup, built: Built, batches, state) -> dict:
