@@ -18,8 +18,7 @@ from configs.simclr_photo_digits import photo_digits_base
 
 
 def get_config(arg: str | None = None):
-    del arg
-    c = photo_digits_base()
+    c = photo_digits_base(recipe=arg)
     c.augment.recipe = "byol"
     c.loss = ml_collections.ConfigDict({"name": "byol"})
     c.model.head_norm = "batch"

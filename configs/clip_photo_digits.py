@@ -17,9 +17,8 @@ from configs.simclr_photo_digits import photo_digits_base
 
 
 def get_config(arg: str | None = None, loss_name: str = "clip"):
-    del arg
-    c = photo_digits_base(common.image_text_config(loss_name))
-    c.data.name = "photo_digits_captions"
+    c = photo_digits_base(common.image_text_config(loss_name), recipe=arg)
+    c.data.name += "_captions"
     c.augment.num_views = 1
     c.augment.jitter_prob = (0.0,)
     c.augment.grayscale_prob = (0.0,)

@@ -16,8 +16,7 @@ from configs.simclr_photo_digits import photo_digits_base
 
 
 def get_config(arg: str | None = None):
-    del arg
-    c = photo_digits_base()
+    c = photo_digits_base(recipe=arg)
     c.loss = ml_collections.ConfigDict({"name": "moco", "temperature": 0.2, "in_batch_negatives": True})
     c.method = common.method_settings("moco")
     c.method.queue_size = 2048

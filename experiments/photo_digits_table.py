@@ -3,6 +3,7 @@
     python experiments/photo_digits_table.py                              # simclr byol moco clip, seeds 0 1 2
     python experiments/photo_digits_table.py --configs simclr --seeds 0   # one run
     python experiments/photo_digits_table.py --configs simclr --seeds 0 --config.num_steps=100
+    python experiments/photo_digits_table.py --recipe large                # on photo_digits_large
 
 For each config and seed: linear probe and kNN test accuracy of the learned features and of the same
 encoder at initialisation (same seed, no training; the image tower for clip), the training steps and the
@@ -91,14 +92,18 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default="runs/photo_digits_table")
     parser.add_argument("--out", default="photo_digits_table", help="results file name (without suffix)")
+    parser.add_argument("--recipe", default=None, help="the configs' argument: the data recipe (`large`)")
     args, rest = parser.parse_known_args(argv)
     overrides = config_lib.parse_overrides(rest)
+
+    def spec(label):
+        return CONFIGS[label][0] + (f":{args.recipe}" if args.recipe else "")
 
     rows, raw = {}, []
     for label in args.configs:
         rows[label] = []
         for seed in args.seeds:
-            config = config_lib.load_config(CONFIGS[label][0], overrides)
+            config = config_lib.load_config(spec(label), overrides)
             config.seed, config.progress = seed, False
             config.evals.probes.representations = ("learned", "random_init")
             workdir = pathlib.Path(args.workdir) / label / f"seed{seed}"
@@ -117,14 +122,14 @@ def main(argv=None) -> None:
         if cached.exists():
             raw.append(json.loads(cached.read_text()))
         else:
-            raw.append(raw_pixel_probes(config_lib.load_config(CONFIGS["simclr"][0], overrides), seed))
+            raw.append(raw_pixel_probes(config_lib.load_config(spec("simclr"), overrides), seed))
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(raw[-1]))
         print(f"raw pixels seed {seed}: linear probe {100 * raw[-1]['linear_probe']:.2f}%, "
               f"kNN {100 * raw[-1]['knn']:.2f}%", flush=True)
 
     command = " ".join(["python experiments/photo_digits_table.py", *(argv if argv is not None else sys.argv[1:])])
-    dataset = config_lib.load_config(CONFIGS["simclr"][0], overrides).data.name
+    dataset = config_lib.load_config(spec("simclr"), overrides).data.name
     table = summarise(rows, raw, args.seeds, command.strip(), dataset)
     out = ROOT / "experiments" / "results" / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

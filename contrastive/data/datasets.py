@@ -150,11 +150,12 @@ register_dataset(DatasetSpec("imagenet2012", tfds_source("imagenet2012")))
 from contrastive.data import photo_digits  # noqa: E402 - appended with its registrations
 
 # `photo_digits`: the 8x8 digits painted over crops of scikit-learn's photos (32x32 RGB); the captioned
-# variant reads the same prepared files with their captions (digit, colour, place); `photo_digits_large`
+# variants read the same prepared files with their captions (digit, colour, place); `photo_digits_large`
 # is the easier recipe (`photo_digits.LARGE`: larger digits, so a smaller range of positions).
 for _name, _family, _recipe in (("photo_digits", "views", "default"),
                                 ("photo_digits_captions", "image_text", "default"),
-                                ("photo_digits_large", "views", "large")):
+                                ("photo_digits_large", "views", "large"),
+                                ("photo_digits_large_captions", "image_text", "large")):
     register_dataset(DatasetSpec(
         _name, lambda split, data_dir, recipe=_recipe: photo_digits.photo_digits_builder(
             data_dir, recipe).as_data_source(split=split),

@@ -38,7 +38,10 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"--config: {path} has no get_config()")
     params = inspect.signature(module.get_config).parameters
-    config = module.get_config(arg or None) if params else module.get_config()
+    try:
+        config = module.get_config(arg or None) if params else module.get_config()
+    except ValueError as e:  # a config's own check of its argument
+        raise ConfigError(f"--config {spec}: {e}") from e
     for key, text in overrides:
         apply_override(config, key, text)
     return config

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from contrastive.data import digits, pipeline
+from contrastive.data import datasets, digits, pipeline
 from contrastive.data import photo_digits as pd
 
 SMALL = pd.Recipe(num_train=300, num_test=100)
@@ -139,6 +139,8 @@ def test_registered_dataset_has_the_full_splits_fields_and_balance(tmp_path_fact
     captioned = pipeline.data_source("photo_digits_captions", "test", data_dir)
     assert len(captioned[0]["captions"]) == len(pd.CAPTION_TEMPLATES)
     large = pipeline.read_all(pipeline.data_source("photo_digits_large", "test", data_dir), ("image", "index"))
+    large_captioned = pipeline.data_source("photo_digits_large_captions", "test", data_dir)
+    assert len(large_captioned[0]["captions"]) == len(pd.CAPTION_TEMPLATES)
     want = pd.generate("test", recipe=pd.LARGE)["image"]
     np.testing.assert_array_equal(large["image"][np.argsort(large["index"])], want)
 
@@ -153,3 +155,18 @@ def test_photo_digits_configs_pass_the_runner_checks(name):
     assert config.model.encoder == "resnet18" and config.model.resnet.width == 0.25
     assert setup.augment.flip_prob == (0.0,) and setup.augment.crop_scale == (0.3, 1.0)
     assert config.data.name == ("photo_digits_captions" if name == "clip" else "photo_digits")
+    assert config.num_steps == 400
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "moco", "clip"])
+def test_the_config_argument_picks_the_large_recipe(name):
+    from contrastive.train import config as config_lib
+    from contrastive.train.runner import check_config
+
+    config = config_lib.load_config(f"configs/{name}_photo_digits.py:large", {})
+    check_config(config)
+    assert config.data.name == ("photo_digits_large_captions" if name == "clip" else "photo_digits_large")
+    assert config.num_steps == 1000
+    assert datasets.get_dataset(config.data.name).family == ("image_text" if name == "clip" else "views")
+    with pytest.raises(config_lib.ConfigError, match=r"unknown recipe 'huge'; known: none or large"):
+        config_lib.load_config(f"configs/{name}_photo_digits.py:huge", {})
