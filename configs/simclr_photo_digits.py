@@ -20,7 +20,6 @@ machine one 400-step run took 43 minutes under a load average of 10-15, see the 
 
 from configs import common
 
-
 RECIPES = {None: ("photo_digits", 400), "large": ("photo_digits_large", 1000)}  # arg -> (dataset, steps)
 
 

@@ -7,9 +7,10 @@
 
 For each config and seed: linear probe and kNN test accuracy of the learned features and of the same
 encoder at initialisation (same seed, no training; the image tower for clip), the training steps and the
-minutes the run took (training and evaluation, wall clock). Raw pixels do not depend on the config, so
-their probes are fitted once per seed (the seed picks the probe's held-out fifth), kept in
-`<workdir>/raw_pixels/seed<k>.json` for later invocations, and form their own row.
+minutes the run took (training and evaluation, wall clock). Raw pixels do not depend on the config (the
+captioned variants hold the same images), so their probes are fitted once per seed (the seed picks the
+probe's held-out fifth), kept in `<workdir>/raw_pixels/seed<k>.json` for later invocations, and form their
+own row.
 Writes `experiments/results/photo_digits_table.md` (+ .json). A run whose workdir already holds a
 finished run is resumed, not retrained (its minutes are then the evaluation's only, and marked so).
 """
@@ -72,7 +73,8 @@ def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, datas
 
         minutes = np.mean([r["minutes"] for r in runs])
         resumed = " (resumed)" if any(r["resumed"] for r in runs) else ""
-        lines.append(f"| {label}: {CONFIGS[label][1]} | {runs[0]['eval']['step']} | {stat(get('learned', 'linear_probe'))} "
+        lines.append(f"| {label}: {CONFIGS[label][1]} | {runs[0]['eval']['step']} | "
+                     f"{stat(get('learned', 'linear_probe'))} "
                      f"| {stat(get('learned', 'knn'))} | {stat(get('random_init', 'linear_probe'))} | "
                      f"{stat(get('random_init', 'knn'))} | {minutes:.1f}{resumed} | "
                      f"{np.mean([r['steps_per_s'] for r in runs]):.2f} |")
@@ -112,7 +114,8 @@ def main(argv=None) -> None:
             result = train_and_evaluate(config, workdir)
             minutes = (time.perf_counter() - start) / 60
             rate = steps_per_second(workdir, config.batch_size)
-            print(f"{label} seed {seed}: {minutes:.1f} min, linear probe {100 * result['learned']['linear_probe']:.2f}% "
+            print(f"{label} seed {seed}: {minutes:.1f} min, "
+                  f"linear probe {100 * result['learned']['linear_probe']:.2f}% "
                   f"(random init {100 * result['random_init']['linear_probe']:.2f}%), kNN "
                   f"{100 * result['learned']['knn']:.2f}%", flush=True)
             rows[label].append({"seed": seed, "eval": result, "minutes": minutes, "steps_per_s": rate,
@@ -122,15 +125,14 @@ def main(argv=None) -> None:
         if cached.exists():
             raw.append(json.loads(cached.read_text()))
         else:
-            raw.append(raw_pixel_probes(config_lib.load_config(spec("simclr"), overrides), seed))
+            raw.append(raw_pixel_probes(config, seed))  # the last config's data: the same images for all
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(raw[-1]))
         print(f"raw pixels seed {seed}: linear probe {100 * raw[-1]['linear_probe']:.2f}%, "
               f"kNN {100 * raw[-1]['knn']:.2f}%", flush=True)
 
     command = " ".join(["python experiments/photo_digits_table.py", *(argv if argv is not None else sys.argv[1:])])
-    dataset = config_lib.load_config(spec("simclr"), overrides).data.name
-    table = summarise(rows, raw, args.seeds, command.strip(), dataset)
+    table = summarise(rows, raw, args.seeds, command.strip(), config.data.name.removesuffix("_captions"))
     out = ROOT / "experiments" / "results" / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Photo digits: learned vs random init vs raw pixels\n\n{table}")

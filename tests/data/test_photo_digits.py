@@ -54,7 +54,8 @@ def test_image_is_the_crop_outside_the_digit_and_the_colour_inside(small):
     photos = pd._photos()
     for i in range(20):
         r0, c0, r1, c1 = data["crop"][i]
-        background = np.asarray(Image.fromarray(photos[data["photo"][i]][r0:r1, c0:c1]).resize((32, 32), Image.BILINEAR))
+        crop = Image.fromarray(photos[data["photo"][i]][r0:r1, c0:c1])
+        background = np.asarray(crop.resize((32, 32), Image.BILINEAR))
         row, col = data["position"][i]
         s = data["scale"][i]
         outside = np.ones((32, 32), bool)
