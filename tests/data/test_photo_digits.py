@@ -146,28 +146,20 @@ def test_registered_dataset_has_the_full_splits_fields_and_balance(tmp_path_fact
     np.testing.assert_array_equal(large["image"][np.argsort(large["index"])], want)
 
 
+@pytest.mark.parametrize("recipe, dataset, steps", [("", "photo_digits", 400),
+                                                    (":large", "photo_digits_large", 1000)])
 @pytest.mark.parametrize("name", ["simclr", "byol", "moco", "clip"])
-def test_photo_digits_configs_pass_the_runner_checks(name):
+def test_photo_digits_configs_pass_the_runner_checks(name, recipe, dataset, steps):
+    """The config argument picks the data recipe; the captioned variant for CLIP."""
     from contrastive.train import config as config_lib
     from contrastive.train.runner import check_config
 
-    config = config_lib.load_config(f"configs/{name}_photo_digits.py", {})
+    config = config_lib.load_config(f"configs/{name}_photo_digits.py{recipe}", {})
     setup = check_config(config)
     assert config.model.encoder == "resnet18" and config.model.resnet.width == 0.25
     assert setup.augment.flip_prob == (0.0,) and setup.augment.crop_scale == (0.3, 1.0)
-    assert config.data.name == ("photo_digits_captions" if name == "clip" else "photo_digits")
-    assert config.num_steps == 400
-
-
-@pytest.mark.parametrize("name", ["simclr", "byol", "moco", "clip"])
-def test_the_config_argument_picks_the_large_recipe(name):
-    from contrastive.train import config as config_lib
-    from contrastive.train.runner import check_config
-
-    config = config_lib.load_config(f"configs/{name}_photo_digits.py:large", {})
-    check_config(config)
-    assert config.data.name == ("photo_digits_large_captions" if name == "clip" else "photo_digits_large")
-    assert config.num_steps == 1000
+    assert config.data.name == (f"{dataset}_captions" if name == "clip" else dataset)
+    assert config.num_steps == steps
     assert datasets.get_dataset(config.data.name).family == ("image_text" if name == "clip" else "views")
     with pytest.raises(config_lib.ConfigError, match=r"unknown recipe 'huge'; known: none or large"):
         config_lib.load_config(f"configs/{name}_photo_digits.py:huge", {})
