@@ -3,7 +3,9 @@
 A spec says how to open a split as a random-access source of examples (dicts of NumPy arrays), which
 family of loss it feeds (`views`: images and labels; `image_text`: images with captions), the largest
 stored pixel value, the class names in label order (zero-shot prompts; `None` when the labels are not
-classes) and, for image-text data, how to read an example's captions and label.
+classes), for image-text data how to read an example's captions and label, and the nuisance
+`attributes` of an example (its colour, place, background), classes the `attributes` evaluator probes
+the features for (what the features kept besides the label).
 
 `register_dataset(DatasetSpec(...))` adds one from any file. A name that is not registered is read as a
 TFDS image-classification set with an `image` feature (8-bit pixels) and, for probes and SupCon, a
@@ -76,6 +78,16 @@ def tfds_source(name: str):
     return source
 
 
+@dataclasses.dataclass(frozen=True)
+class Attribute:
+    """A per-example class besides the label: `of(arrays) -> int [N]` from the raw fields `fields` of a
+    split (`pipeline.read_all(source, fields)`), one of `classes` (names in id order)."""
+
+    fields: tuple[str, ...]
+    of: Callable[[dict], np.ndarray]
+    classes: tuple[str, ...]
+
+
 def label_field(example: dict) -> int:
     """The example's `label` field, -1 where it has none."""
     return int(example["label"]) if "label" in example else -1
@@ -91,6 +103,7 @@ class DatasetSpec:
     captions: Callable[[dict], list] | None = None  # image_text: the caption texts (str or bytes) of an example
     label: Callable[[dict], int] = label_field  # an example's class, -1 for none
     unlabelled_splits: tuple[str, ...] = ()  # splits without labels (refused for probes and SupCon)
+    attributes: dict[str, Attribute] = dataclasses.field(default_factory=dict)  # name -> nuisance class
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -159,5 +172,6 @@ for _name, _family, _recipe in (("photo_digits", "views", "default"),
     register_dataset(DatasetSpec(
         _name, lambda split, data_dir, recipe=_recipe: photo_digits.photo_digits_builder(
             data_dir, recipe).as_data_source(split=split),
-        family=_family, classnames=photo_digits.digits_words(),
+        family=_family, classnames=photo_digits.digits_words(), attributes={
+            name: Attribute(fields, of, classes) for name, (fields, of, classes) in photo_digits.ATTRIBUTES.items()},
         captions=(lambda example: list(example["captions"])) if _family == "image_text" else None))

@@ -91,24 +91,49 @@ def _photos() -> list[np.ndarray]:
     return [load_sample_image(name) for name in PHOTOS]
 
 
+def colour_index(rgb) -> np.ndarray:
+    """The index in `COLOUR_NAMES` of the nearest named colour (Euclidean in RGB) of each [..., 3] colour."""
+    table = np.array(list(COLOUR_NAMES.values()), float)
+    dist = np.linalg.norm(np.asarray(rgb, float)[..., None, :] - table, axis=-1)
+    return np.argmin(dist, axis=-1)
+
+
 def colour_name(rgb) -> str:
     """The nearest name of `COLOUR_NAMES` (Euclidean in RGB)."""
-    names = list(COLOUR_NAMES)
-    dist = np.linalg.norm(np.array([COLOUR_NAMES[n] for n in names], float) - np.asarray(rgb, float), axis=1)
-    return names[int(np.argmin(dist))]
+    return list(COLOUR_NAMES)[int(colour_index(rgb))]
+
+
+def place_index(position, scale) -> np.ndarray:
+    """3 * row third + column third of the digit's centre (0: top left .. 8: bottom right), for [..., 2]
+    positions and [...] scales."""
+    centre = np.asarray(position, float) + np.asarray(scale, float)[..., None] / 2
+    third = np.minimum(2, (3 * centre / IMAGE_SIZE).astype(int))
+    return 3 * third[..., 0] + third[..., 1]
 
 
 def place_name(position, scale: int) -> str:
     """'at the top left', 'in the centre', ...: the digit centre's third of the image, rows then columns."""
-    third = [min(2, int(3 * (p + scale / 2) / IMAGE_SIZE)) for p in position]
+    return PLACES[int(place_index(position, scale))]
+
+
+def _place_names() -> tuple[str, ...]:
     rows, cols = ("top", "middle", "bottom"), ("left", "centre", "right")
-    if third == [1, 1]:
-        return "in the centre"
-    if third[0] == 1:
-        return f"on the {cols[third[1]]}"
-    if third[1] == 1:
-        return f"at the {rows[third[0]]}"
-    return f"at the {rows[third[0]]} {cols[third[1]]}"
+    names = []
+    for r in range(3):
+        for c in range(3):
+            names.append("in the centre" if (r, c) == (1, 1) else f"on the {cols[c]}" if r == 1
+                         else f"at the {rows[r]}" if c == 1 else f"at the {rows[r]} {cols[c]}")
+    return tuple(names)
+
+
+PLACES = _place_names()  # place_index -> the caption's words
+# The nuisance classes of an example, for the `attributes` evaluator (datasets.Attribute):
+# name -> (raw fields, labels from those fields' arrays, class names).
+ATTRIBUTES = {
+    "colour": (("colour",), lambda a: colour_index(a["colour"]), tuple(COLOUR_NAMES)),
+    "place": (("position", "scale"), lambda a: place_index(a["position"], a["scale"]), PLACES),
+    "photo": (("photo",), lambda a: np.asarray(a["photo"], int), PHOTOS),
+}
 
 
 def captions_for(label: int, colour, position, scale: int) -> list[str]:

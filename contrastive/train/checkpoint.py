@@ -25,9 +25,10 @@ from contrastive.train.config import ConfigError, flatten
 LOCK_NAME = "job.lock"
 
 # Config keys that may differ when resuming: they do not change what the state means or how it evolves
-# (`sharding` only where its arrays live: orbax restores a checkpoint into either layout).
+# (`sharding` only where its arrays live: orbax restores a checkpoint into either layout; `evals.` what is
+# measured, so a finished run can be evaluated anew with another evaluator).
 RESUMABLE_KEYS = ("num_steps", "log_every", "progress", "compilation_cache_dir", "stop_grace_s", "checkpoint.",
-                  "eval.", "data.data_dir", "sharding")
+                  "eval.", "evals.", "data.data_dir", "sharding")
 
 
 class CheckpointError(RuntimeError):

@@ -12,6 +12,10 @@ Built in:
   `representations`: the learned encoder, the same encoder as initialised (same seed, no training) and
   the raw pixels. Learning is worth something only where it beats both. At scale (see `probe_features`)
   the linear probe switches to mini-batches and kNN streams its bank in blocks.
+* `attributes`: the same linear probe and kNN, fitted to the dataset's nuisance attributes instead of the
+  label (`DatasetSpec.attributes`, e.g. the photo digits' colour, place and background photo), for each
+  of the `representations`, with the test split's majority-class rate: what the features kept besides the
+  class. `names` picks some (default: all); the probe options are the `probes` entry's.
 * `view_geometry`: alignment of two augmented views of each test image (Wang & Isola 2020) and a
   histogram of their positive and negative cosine similarities (views family).
 * `retrieval`: image->text and text->image Recall@1/5/10 over every test caption, and the class-level
@@ -46,7 +50,9 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive import checks
 from contrastive import eval as evaluation
+from contrastive.data import pipeline
 from contrastive.data.augment import AugmentConfig, augment_views
+from contrastive.data.datasets import get_dataset
 from contrastive.eval.probes import LINEAR_SOLVERS, PROBE_OPTIONS, probe_features
 from contrastive.eval.zero_shot import CLASS_SLOT
 from contrastive.parallel.mesh import DATA_AXIS, make_mesh
@@ -340,6 +346,76 @@ PROBES = register_evaluator(Evaluator(
            RAW_PIXELS_MAX: checks.POSITIVE, "block_rows": checks.POSITIVE,
            "linear_probe_l2_grid": checks.SOME_POSITIVE},
     format=_format_probes, check=_check_representations, check_sizes=_check_raw_pixels_size))
+
+
+# -------------------------------------------------------------------------------------- attributes
+def _attribute_labels(config, split: str, attribute) -> np.ndarray:
+    """The attribute's class of every example of `split`, in row order, from the raw data source (read
+    whole on every process: the fields are small)."""
+    source = pipeline.data_source(config.data.name, split, str(pathlib.Path(config.data.data_dir).expanduser()))
+    arrays = pipeline.read_all(source, attribute.fields)
+    return np.asarray(attribute.of(arrays), np.int64)
+
+
+def _attribute_names(options, config) -> tuple[str, ...]:
+    return tuple(options["names"]) or tuple(get_dataset(config.data.name).attributes)
+
+
+def _attributes(ctx: EvalContext, options: dict) -> dict:
+    config = ctx.config
+    spec = get_dataset(config.data.name)
+    # The probes' options (the `probes` entry's where the config has one), less those of the entry itself.
+    probe = {**PROBE_OPTIONS, **{k: v for k, v in dict(config.evals.get("probes", {})).items() if k in PROBE_OPTIONS}}
+    k = min(probe["knn_k"], len(ctx.train))
+    splits = {"train": (config.data.probe_train_split or config.data.train_split) if ctx.family == "views"
+              else config.data.train_split, "test": config.data.test_split}
+    out = {}
+    for name in _attribute_names(options, config):
+        attribute = spec.attributes[name]
+        labels = {part: _attribute_labels(config, split, attribute) for part, split in splits.items()}
+        for part, split in (("train", ctx.train), ("test", ctx.test)):
+            if len(labels[part]) != len(split):
+                raise ValueError(f"attribute {name!r}: {len(labels[part])} rows read from split "
+                                 f"{splits[part]!r}, but the evaluated split has {len(split)}")
+        counts = np.bincount(labels["test"], minlength=len(attribute.classes))
+        result = {"classes": len(attribute.classes), "majority": float(counts.max() / counts.sum())}
+        for rep in options["representations"]:
+            probes = probe_features(config.seed, ctx.features(rep, "train"), labels["train"], ctx.features(rep, "test"),
+                                    labels["test"], knn_k=k, knn_temperature=probe["knn_temperature"],
+                                    **{key: v for key, v in probe.items() if key not in ("knn_k", "knn_temperature")})
+            result[rep] = {"linear_probe": probes["linear_probe"], "knn": probes["knn"]}
+        out[name] = result
+    return {"attributes": out}
+
+
+def _check_attributes(options, config) -> None:
+    _check_representations(options, config)
+    known = tuple(get_dataset(config.data.name).attributes)
+    if not known:
+        raise ValueError(f"evals.attributes: data.name={config.data.name!r} has no attributes to probe (a "
+                         "DatasetSpec's `attributes`); remove the entry")
+    unknown = [n for n in options["names"] if n not in known]
+    if unknown:
+        raise ValueError(f"evals.attributes.names: {unknown[0]!r} is not an attribute of data.name="
+                         f"{config.data.name!r}; its attributes: {', '.join(known)}")
+
+
+def _format_attributes(results: dict) -> list[str]:
+    attributes = results.get("attributes") or {}
+    if not attributes:
+        return []
+    reps = [r for r in REPRESENTATIONS if any(r in a for a in attributes.values())]
+    rows = [f"{'attribute':<10} {'classes':>7} {'majority':>9} "
+            + " ".join(f"{r + ' LP / kNN':>24}" for r in reps)]
+    for name, a in attributes.items():
+        cells = " ".join(f"{100 * a[r]['linear_probe']:>14.2f}% / {100 * a[r]['knn']:>6.2f}%" for r in reps)
+        rows.append(f"{name:<10} {a['classes']:>7} {100 * a['majority']:>8.2f}% {cells}")
+    return rows
+
+
+ATTRIBUTES = register_evaluator(Evaluator(
+    "attributes", _attributes, options={"names": (), "representations": ("learned", "random_init")},
+    format=_format_attributes, check=_check_attributes))
 
 
 # ----------------------------------------------------------------------------------- view geometry
