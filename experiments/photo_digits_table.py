@@ -4,13 +4,16 @@
     python experiments/photo_digits_table.py --configs simclr --seeds 0   # one run
     python experiments/photo_digits_table.py --configs simclr --seeds 0 --config.num_steps=100
     python experiments/photo_digits_table.py --recipe large                # on photo_digits_large
+    python experiments/photo_digits_table.py --configs clip --attributes   # + what the features kept
 
 For each config and seed: linear probe and kNN test accuracy of the learned features and of the same
 encoder at initialisation (same seed, no training; the image tower for clip), the training steps and the
 minutes the run took (training and evaluation, wall clock). Raw pixels do not depend on the config (the
 captioned variants hold the same images), so their probes are fitted once per seed (the seed picks the
 probe's held-out fifth), kept in `<workdir>/raw_pixels/seed<k>.json` for later invocations, and form their
-own row.
+own row. With `--attributes` the runs are also evaluated by the `attributes` evaluator (linear probe and
+kNN of the digit's colour name, its place in the image and the background photo, learned vs random init),
+tabulated beside the digit; a finished run is then only evaluated again.
 Writes `experiments/results/photo_digits_table.md` (+ .json). A run whose workdir already holds a
 finished run is resumed, not retrained (its minutes are then the evaluation's only, and marked so).
 """
@@ -81,11 +84,32 @@ def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, datas
     lines.append(f"| raw pixels (3,072 values) | - | {stat([r['linear_probe'] for r in raw])} | "
                  f"{stat([r['knn'] for r in raw])} | - | - | - | - |")
     first = next(iter(rows.values()))[0]["eval"]
+    if "attributes" in first:
+        lines += ["", *attribute_table(rows)]
     lines += ["", f"kNN: k={first['knn_k']}, T={first['knn_temperature']}, cosine; linear probe: multinomial logistic "
               "regression with L2 chosen on a held-out fifth of train. Minutes: wall clock of training and "
               "evaluation on a 2-core CPU shared with other jobs; read them as rough.", "",
               f"Produced by `{command}`."]
     return "\n".join(lines) + "\n"
+
+
+def attribute_table(rows: dict) -> list[str]:
+    """What the features kept: the linear probe / kNN of the digit and of each nuisance attribute."""
+    names = list(next(iter(rows.values()))[0]["eval"]["attributes"])
+    first = next(iter(rows.values()))[0]["eval"]["attributes"]
+    lines = ["What the features kept (linear probe / kNN, test %; *majority*: the most frequent class's share "
+             "of the test split): " + ", ".join(f"{n} ({first[n]['classes']} classes, majority "
+                                                f"{100 * first[n]['majority']:.1f}%)" for n in names) + ".", "",
+             "| features | digit | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    def cell(results: list[dict]) -> str:
+        return f"{stat([r['linear_probe'] for r in results])} / {stat([r['knn'] for r in results])}"
+
+    for label, runs in rows.items():
+        for rep in ("learned", "random_init"):
+            cells = [cell([r["eval"][rep] for r in runs])]
+            cells += [cell([r["eval"]["attributes"][n][rep] for r in runs]) for n in names]
+            lines.append(f"| {label}: {'learned' if rep == 'learned' else 'random init'} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv=None) -> None:
@@ -95,6 +119,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default="runs/photo_digits_table")
     parser.add_argument("--out", default="photo_digits_table", help="results file name (without suffix)")
     parser.add_argument("--recipe", default=None, help="the configs' argument: the data recipe (`large`)")
+    parser.add_argument("--attributes", action="store_true",
+                        help="also probe the features for the colour, place and photo (the attributes evaluator)")
     args, rest = parser.parse_known_args(argv)
     overrides = config_lib.parse_overrides(rest)
 
@@ -108,6 +134,8 @@ def main(argv=None) -> None:
             config = config_lib.load_config(spec(label), overrides)
             config.seed, config.progress = seed, False
             config.evals.probes.representations = ("learned", "random_init")
+            if args.attributes:
+                config.evals.attributes = {}
             workdir = pathlib.Path(args.workdir) / label / f"seed{seed}"
             resumed = (workdir / "eval.json").exists()
             start = time.perf_counter()
