@@ -79,7 +79,8 @@ def _coerce(key: str, old, new):
 
 
 def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Set `config.<key>` from command-line text, checking that the key exists and the type fits."""
+    """Set `config.<key>` from command-line text, checking that the key exists and the type fits; a new
+    `config.evals` entry is added from a dict (`--config.evals.attributes="{}"`)."""
     *parents, leaf = key.split(".")
     node, path = config, ["config"]
     for part in parents:
@@ -88,6 +89,10 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         node, path = node[part], [*path, part]
         if not isinstance(node, ml_collections.ConfigDict):
             raise ConfigError(f"{'.'.join(path)} is a value, not a group of keys: cannot set --config.{key}")
+    if path == ["config", "evals"] and leaf not in node and isinstance(_parse_value(text), dict):
+        with node.unlocked():  # a new evaluator entry, checked by name with the rest of config.evals
+            node[leaf] = ml_collections.ConfigDict(_parse_value(text))
+        return
     if len(path) - 1 < len(parents) or leaf not in node:
         missing = parents[len(path) - 1] if len(path) - 1 < len(parents) else leaf
         raise ConfigError(f"unknown config key {'.'.join([*path, missing])!r}; "

@@ -34,6 +34,17 @@ def test_bad_override_names_the_key(config, key, text, message):
         apply_override(config, key, text)
 
 
+def test_an_evaluator_entry_is_added_from_a_dict_and_only_there(config):
+    apply_override(config, "evals.attributes", '{"names": ("colour",)}')
+    assert tuple(config.evals.attributes.names) == ("colour",)
+    apply_override(config, "evals.attributes.names", "('place',)")
+    assert tuple(config.evals.attributes.names) == ("place",)
+    with pytest.raises(ConfigError, match=r"unknown config key 'config.evals.retrieval'"):
+        apply_override(config, "evals.retrieval", "3")  # not a dict
+    with pytest.raises(ConfigError, match=r"unknown config key 'config.model.extra'"):
+        apply_override(config, "model.extra", "{}")  # other groups take no new keys
+
+
 def test_parse_overrides_forms():
     assert parse_overrides(["--config.a=1", "--config.b.c", "x"]) == [("a", "1"), ("b.c", "x")]
     with pytest.raises(ConfigError, match="unrecognised argument '--lr=1'"):
