@@ -298,19 +298,20 @@ def _probes(ctx: EvalContext, options: dict) -> dict:
     return results
 
 
-def _check_raw_pixels_size(options, sizes: SplitSizes) -> None:
-    """raw_pixels are the whole split's images as float32 on every process: refused above the option."""
+def _check_raw_pixels_size(options, sizes: SplitSizes, entry: str = "probes") -> None:
+    """raw_pixels are the whole split's images as float32 on every process: refused above the option (of
+    the `evals.<entry>` entry)."""
     if "raw_pixels" not in tuple(options["representations"]):
         return
     per_row = int(np.prod(sizes.image_shape))
     largest = max(sizes.num_train, sizes.num_test) * per_row
     if largest > options[RAW_PIXELS_MAX]:
         raise ValueError(
-            f"evals.probes.representations includes 'raw_pixels', whose features are a whole split's images "
+            f"evals.{entry}.representations includes 'raw_pixels', whose features are a whole split's images "
             f"({max(sizes.num_train, sizes.num_test)} x {per_row} = {largest:,} float32 values, "
-            f"{4 * largest / 2**20:,.0f} MiB on every process), more than evals.probes.{RAW_PIXELS_MAX}="
-            f"{options[RAW_PIXELS_MAX]:,}: leave 'raw_pixels' out of evals.probes.representations, or raise "
-            f"evals.probes.{RAW_PIXELS_MAX}")
+            f"{4 * largest / 2**20:,.0f} MiB on every process), more than evals.{entry}.{RAW_PIXELS_MAX}="
+            f"{options[RAW_PIXELS_MAX]:,}: leave 'raw_pixels' out of evals.{entry}.representations, or raise "
+            f"evals.{entry}.{RAW_PIXELS_MAX}")
 
 
 def _check_representations(options, config) -> None:
@@ -414,8 +415,10 @@ def _format_attributes(results: dict) -> list[str]:
 
 
 ATTRIBUTES = register_evaluator(Evaluator(
-    "attributes", _attributes, options={"names": (), "representations": ("learned", "random_init")},
-    format=_format_attributes, check=_check_attributes))
+    "attributes", _attributes, options={"names": (), "representations": ("learned", "random_init"),
+                                        RAW_PIXELS_MAX: RAW_PIXELS_MAX_ELEMENTS},
+    rules={RAW_PIXELS_MAX: checks.POSITIVE}, format=_format_attributes, check=_check_attributes,
+    check_sizes=functools.partial(_check_raw_pixels_size, entry="attributes")))
 
 
 # ----------------------------------------------------------------------------------- view geometry

@@ -121,3 +121,13 @@ def test_a_finished_run_is_evaluated_again_with_the_attributes(tiny_config, tmp_
             assert set(out["attributes"][name]) == {"classes", "majority", "learned", "random_init"}
             assert 0.0 <= out["attributes"][name]["learned"]["linear_probe"] <= 1.0
     assert saved["step"] == 3 and "linear_probe" in saved["learned"]
+
+
+def test_raw_pixels_above_the_limit_are_refused_naming_the_entry(toy):
+    config = load_config("configs/simclr_digits.py")
+    config.data.name = "attr_toy"
+    chosen = evaluators.entries(_with_attributes(config, representations=("raw_pixels",),
+                                                 raw_pixels_max_elements=1000), "views")
+    with pytest.raises(ConfigError, match=r"evals.attributes.representations includes 'raw_pixels'.*"
+                                          r"more than evals.attributes.raw_pixels_max_elements=1,000"):
+        evaluators.check_sizes(chosen, config, evaluators.SplitSizes(N_TRAIN, N_TEST, (8, 8, 1)))
