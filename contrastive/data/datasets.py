@@ -162,16 +162,19 @@ register_dataset(DatasetSpec("imagenet2012", tfds_source("imagenet2012")))
 
 from contrastive.data import photo_digits  # noqa: E402 - appended with its registrations
 
-# `photo_digits`: the 8x8 digits painted over crops of scikit-learn's photos (32x32 RGB); the captioned
-# variants read the same prepared files with their captions (digit, colour, place); `photo_digits_large`
-# is the easier recipe (`photo_digits.LARGE`: larger digits, so a smaller range of positions).
-for _name, _family, _recipe in (("photo_digits", "views", "default"),
-                                ("photo_digits_captions", "image_text", "default"),
-                                ("photo_digits_large", "views", "large"),
-                                ("photo_digits_large_captions", "image_text", "large")):
-    register_dataset(DatasetSpec(
-        _name, lambda split, data_dir, recipe=_recipe: photo_digits.photo_digits_builder(
-            data_dir, recipe).as_data_source(split=split),
-        family=_family, classnames=photo_digits.digits_words(), attributes={
-            name: Attribute(fields, of, classes) for name, (fields, of, classes) in photo_digits.ATTRIBUTES.items()},
-        captions=(lambda example: list(example["captions"])) if _family == "image_text" else None))
+# `photo_digits`: the 8x8 digits painted over crops of scikit-learn's photos (32x32 RGB); `photo_digits_large`
+# is the easier recipe (`photo_digits.LARGE`: larger digits, so a smaller range of positions). The captioned
+# variants read the same prepared files: `_captions` with every caption (digit, colour, place),
+# `_digit_captions` with those that do not name the colour (`photo_digits.DIGIT_CAPTIONS`).
+_PHOTO_DIGIT_CAPTIONS = {
+    "": None, "_captions": lambda example: list(example["captions"]),
+    "_digit_captions": lambda example: [example["captions"][i] for i in photo_digits.DIGIT_CAPTIONS]}
+for _suffix, _recipe in (("", "default"), ("_large", "large")):
+    for _variant, _captions in _PHOTO_DIGIT_CAPTIONS.items():
+        register_dataset(DatasetSpec(
+            f"photo_digits{_suffix}{_variant}",
+            lambda split, data_dir, recipe=_recipe: photo_digits.photo_digits_builder(data_dir, recipe).as_data_source(
+                split=split),
+            family="image_text" if _captions else "views", classnames=photo_digits.digits_words(), captions=_captions,
+            attributes={name: Attribute(fields, of, classes)
+                        for name, (fields, of, classes) in photo_digits.ATTRIBUTES.items()}))

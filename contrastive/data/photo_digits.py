@@ -31,7 +31,7 @@ name them: `colour` (RGB uint8), `position` (row, col of the digit's top-left co
 `photo` (0 china, 1 flower), `crop` (row0, col0, row1, col1 of the background crop in the photo, end
 exclusive), `digit_index` (the digit's position in `load_digits`), `index` (the example's position in
 its split, a stable id for per-sample state) and `captions` (template sentences naming the digit, its
-colour and its place, for the image-text family).
+colour and its place, for the image-text family; `DIGIT_CAPTIONS` are those that do not name the colour).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ COLOUR_NAMES = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128,
                 "brown": (130, 80, 30), "pink": (250, 160, 190)}
 CAPTION_TEMPLATES = ("a {colour} {digit} {place}", "a {colour} {numeral} on a photo", "the number {digit}",
                      "a {digit} painted in {colour}", "a {numeral} {place}", "a {colour} handwritten {digit}")
+# The templates that name the digit but not its colour (the `*_digit_captions` datasets).
+DIGIT_CAPTIONS = tuple(i for i, t in enumerate(CAPTION_TEMPLATES) if "{colour}" not in t)
 
 
 @dataclasses.dataclass(frozen=True)

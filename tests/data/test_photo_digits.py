@@ -89,6 +89,15 @@ def test_captions_name_digit_colour_and_place():
     assert pd.colour_name((5, 5, 250)) == "blue"
 
 
+@pytest.mark.parametrize("recipe", ["", "_large"])
+def test_digit_captions_are_the_captions_that_do_not_name_the_colour(recipe):
+    example = {"captions": pd.captions_for(7, (250, 10, 10), (0, 0), 10)}
+    every = datasets.get_dataset(f"photo_digits{recipe}_captions").captions(example)
+    digit = datasets.get_dataset(f"photo_digits{recipe}_digit_captions").captions(example)
+    assert every == example["captions"] and digit == ["the number seven", "a 7 at the top left"]
+    assert datasets.get_dataset(f"photo_digits{recipe}_digit_captions").family == "image_text"
+
+
 def test_the_large_recipe_has_larger_digits_over_fewer_positions():
     import dataclasses
 
