@@ -95,11 +95,13 @@ def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, datas
 
 def attribute_table(rows: dict) -> list[str]:
     """What the features kept: the linear probe / kNN of the digit and of each nuisance attribute."""
-    names = list(next(iter(rows.values()))[0]["eval"]["attributes"])
     first = next(iter(rows.values()))[0]["eval"]["attributes"]
+    names = [n for n in first if first[n]["majority"] < 1.0]
+    constant = [n for n in first if n not in names]
     lines = ["What the features kept (linear probe / kNN, test %; *majority*: the most frequent class's share "
              "of the test split): " + ", ".join(f"{n} ({first[n]['classes']} classes, majority "
-                                                f"{100 * first[n]['majority']:.1f}%)" for n in names) + ".", "",
+                                                f"{100 * first[n]['majority']:.1f}%)" for n in names) + "."
+             + (f" Left out, one class on every test image: {', '.join(constant)}." if constant else ""), "",
              "| features | digit | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     def cell(results: list[dict]) -> str:
         return f"{stat([r['linear_probe'] for r in results])} / {stat([r['knn'] for r in results])}"
