@@ -162,7 +162,8 @@ def main(argv=None) -> None:
               f"kNN {100 * raw[-1]['knn']:.2f}%", flush=True)
 
     command = " ".join(["python experiments/photo_digits_table.py", *(argv if argv is not None else sys.argv[1:])])
-    table = summarise(rows, raw, args.seeds, command.strip(), config.data.name.removesuffix("_captions"))
+    images = config.data.name.removesuffix("_captions").removesuffix("_digit")  # the images' dataset
+    table = summarise(rows, raw, args.seeds, command.strip(), images)
     out = ROOT / "experiments" / "results" / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Photo digits: learned vs random init vs raw pixels\n\n{table}")
