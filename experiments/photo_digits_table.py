@@ -5,6 +5,7 @@
     python experiments/photo_digits_table.py --configs simclr --seeds 0 --config.num_steps=100
     python experiments/photo_digits_table.py --recipe large                # on photo_digits_large
     python experiments/photo_digits_table.py --configs clip --attributes   # + what the features kept
+    python experiments/photo_digits_table.py --recipe large --attributes colour photo
 
 For each config and seed: linear probe and kNN test accuracy of the learned features and of the same
 encoder at initialisation (same seed, no training; the image tower for clip), the training steps and the
@@ -121,8 +122,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default="runs/photo_digits_table")
     parser.add_argument("--out", default="photo_digits_table", help="results file name (without suffix)")
     parser.add_argument("--recipe", default=None, help="the configs' argument: the data recipe (`large`)")
-    parser.add_argument("--attributes", action="store_true",
-                        help="also probe the features for the colour, place and photo (the attributes evaluator)")
+    parser.add_argument("--attributes", nargs="*", default=None, metavar="NAME",
+                        help="also probe the features for these attributes (none named: colour, place and photo)")
     args, rest = parser.parse_known_args(argv)
     overrides = config_lib.parse_overrides(rest)
 
@@ -136,8 +137,8 @@ def main(argv=None) -> None:
             config = config_lib.load_config(spec(label), overrides)
             config.seed, config.progress = seed, False
             config.evals.probes.representations = ("learned", "random_init")
-            if args.attributes:
-                config.evals.attributes = {}
+            if args.attributes is not None:
+                config.evals.attributes = {"names": tuple(args.attributes)}
             workdir = pathlib.Path(args.workdir) / label / f"seed{seed}"
             resumed = (workdir / "eval.json").exists()
             start = time.perf_counter()
