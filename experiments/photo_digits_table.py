@@ -16,7 +16,9 @@ own row. With `--attributes` the runs are also evaluated by the `attributes` eva
 kNN of the digit's colour name, its place in the image and the background photo, learned vs random init),
 tabulated beside the digit; a finished run is then only evaluated again.
 Writes `experiments/results/photo_digits_table.md` (+ .json). A run whose workdir already holds a
-finished run is resumed, not retrained (its minutes are then the evaluation's only, and marked so).
+finished run is resumed, not retrained: its minutes are those its training invocation wrote to
+`<workdir>/minutes.json`, and where that is missing the run is left out of the minutes column (which says
+how many runs it averages).
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def raw_pixel_probes(config, seed: int) -> dict:
                                      knn_k=options.knn_k, knn_temperature=options.knn_temperature)
 
 
+def run_minutes(workdir: pathlib.Path, elapsed: float, resumed: bool) -> float | None:
+    """The minutes a run took to train and evaluate: `elapsed` for a fresh run (kept in the workdir), else
+    the kept value of the invocation that trained it (None where none was kept)."""
+    kept = workdir / "minutes.json"
+    if not resumed:
+        kept.write_text(json.dumps({"minutes": elapsed}))
+        return elapsed
+    return json.loads(kept.read_text())["minutes"] if kept.exists() else None
+
+
 def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, dataset: str = "photo_digits") -> str:
     lines = [f"`{dataset}` (10,000 train / 2,000 test, 32x32 RGB, 10 balanced classes: chance 10%), "
              f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); test accuracy in %, mean ± sample std. "
@@ -75,15 +87,20 @@ def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, datas
         def get(rep, metric, runs=runs):
             return [r["eval"][rep][metric] for r in runs]
 
-        minutes = np.mean([r["minutes"] for r in runs])
-        resumed = " (resumed)" if any(r["resumed"] for r in runs) else ""
+        timed = [r["minutes"] for r in runs if r["minutes"] is not None]
+        minutes = "-" if not timed else f"{np.mean(timed):.1f}" + (
+            f" ({len(timed)} of {len(runs)} runs timed)" if len(timed) < len(runs) else "")
         lines.append(f"| {label}: {CONFIGS[label][1]} | {runs[0]['eval']['step']} | "
                      f"{stat(get('learned', 'linear_probe'))} "
                      f"| {stat(get('learned', 'knn'))} | {stat(get('random_init', 'linear_probe'))} | "
-                     f"{stat(get('random_init', 'knn'))} | {minutes:.1f}{resumed} | "
+                     f"{stat(get('random_init', 'knn'))} | {minutes} | "
                      f"{np.mean([r['steps_per_s'] for r in runs]):.2f} |")
     lines.append(f"| raw pixels (3,072 values) | - | {stat([r['linear_probe'] for r in raw])} | "
                  f"{stat([r['knn'] for r in raw])} | - | - | - | - |")
+    shots = [f"{label} {stat([r['eval']['zero_shot'] for r in runs])}" for label, runs in rows.items()
+             if "zero_shot" in runs[0]["eval"]]
+    if shots:  # the image-text configs: the digit named by prompts alone (chance 10%)
+        lines += ["", "Zero-shot top-1, test %: " + ", ".join(shots) + "."]
     first = next(iter(rows.values()))[0]["eval"]
     if "attributes" in first:
         lines += ["", *attribute_table(rows)]
@@ -143,9 +160,9 @@ def main(argv=None) -> None:
             resumed = (workdir / "eval.json").exists()
             start = time.perf_counter()
             result = train_and_evaluate(config, workdir)
-            minutes = (time.perf_counter() - start) / 60
+            minutes = run_minutes(workdir, (time.perf_counter() - start) / 60, resumed)
             rate = steps_per_second(workdir, config.batch_size)
-            print(f"{label} seed {seed}: {minutes:.1f} min, "
+            print(f"{label} seed {seed}: {'-' if minutes is None else f'{minutes:.1f}'} min, "
                   f"linear probe {100 * result['learned']['linear_probe']:.2f}% "
                   f"(random init {100 * result['random_init']['linear_probe']:.2f}%), kNN "
                   f"{100 * result['learned']['knn']:.2f}%", flush=True)

@@ -26,3 +26,28 @@ def test_the_attribute_table_has_a_row_per_representation_and_a_column_per_attri
     assert "Left out, one class on every test image: place." in text
     assert "| clip: learned | 35.00 ± 7.07 / 15.00 ± 7.07 | 85.00 ± 7.07 / 50.00 ± 0.00 |" in text
     assert "| clip: random init | 20.00 ± 0.00 / 10.00 ± 0.00 | 30.00 ± 0.00 / 25.00 ± 0.00 |" in text
+
+
+def test_minutes_average_the_timed_runs_only_and_say_how_many():
+    runs = [_run(0, 0.3, 0.1, 0.9), _run(1, 0.4, 0.2, 0.8), _run(2, 0.5, 0.3, 0.7)]
+    runs[0]["minutes"], runs[1]["minutes"], runs[2]["minutes"] = None, 10.0, 14.0
+    text = table.summarise({"moco": runs}, [{"linear_probe": 0.26, "knn": 0.45}] * 3, [0, 1, 2], "cmd")
+    assert "| 12.0 (2 of 3 runs timed) | 1.50 |" in text
+    assert "Zero-shot" not in text
+    for run in runs:
+        run["minutes"] = None
+    assert "| - | 1.50 |" in table.summarise({"moco": runs}, [{"linear_probe": 0.26, "knn": 0.45}] * 3,
+                                             [0, 1, 2], "cmd")
+
+
+def test_a_resumed_run_keeps_the_minutes_of_the_invocation_that_trained_it(tmp_path):
+    assert table.run_minutes(tmp_path, 0.5, resumed=True) is None  # trained before minutes were kept
+    assert table.run_minutes(tmp_path, 15.0, resumed=False) == 15.0
+    assert table.run_minutes(tmp_path, 0.5, resumed=True) == 15.0
+
+
+def test_image_text_runs_add_their_zero_shot_accuracy():
+    runs = [_run(0, 0.3, 0.1, 0.9), _run(1, 0.4, 0.2, 0.8)]
+    runs[0]["eval"]["zero_shot"], runs[1]["eval"]["zero_shot"] = 0.8, 0.6
+    text = table.summarise({"clip": runs}, [{"linear_probe": 0.26, "knn": 0.45}] * 2, [0, 1], "cmd")
+    assert "Zero-shot top-1, test %: clip 70.00 ± 14.14." in text
