@@ -50,8 +50,9 @@ CONFIGS = {
 
 
 def stat(values) -> str:
+    """Mean ± sample std in %; one value alone (it has no sample spread)."""
     values = 100 * np.asarray(values, float)
-    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
 def raw_pixel_probes(config, seed: int) -> dict:

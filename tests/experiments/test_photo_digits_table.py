@@ -51,3 +51,7 @@ def test_image_text_runs_add_their_zero_shot_accuracy():
     runs[0]["eval"]["zero_shot"], runs[1]["eval"]["zero_shot"] = 0.8, 0.6
     text = table.summarise({"clip": runs}, [{"linear_probe": 0.26, "knn": 0.45}] * 2, [0, 1], "cmd")
     assert "Zero-shot top-1, test %: clip 70.00 ± 14.14." in text
+
+
+def test_one_seed_is_printed_without_a_spread():
+    assert table.stat([0.5]) == "50.00" and table.stat([0.5, 0.7]) == "60.00 ± 14.14"
