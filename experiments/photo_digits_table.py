@@ -10,11 +10,11 @@
 For each config and seed: linear probe and kNN test accuracy of the learned features and of the same
 encoder at initialisation (same seed, no training; the image tower for clip), the training steps and the
 minutes the run took (training and evaluation, wall clock). Raw pixels do not depend on the config (the
-captioned variants hold the same images), so their probes are fitted once per seed (the seed picks the
-probe's held-out fifth), kept in `<workdir>/raw_pixels/seed<k>.json` for later invocations, and form their
-own row. With `--attributes` the runs are also evaluated by the `attributes` evaluator (linear probe and
-kNN of the digit's colour name, its place in the image and the background photo, learned vs random init),
-tabulated beside the digit; a finished run is then only evaluated again.
+captioned variants hold the same images), so their probes are fitted once per seed and recipe (the seed
+picks the probe's held-out fifth), kept in `<workdir>/raw_pixels/<dataset>_seed<k>.json` for later
+invocations, and form their own row. With `--attributes` the runs are also evaluated by the `attributes`
+evaluator (linear probe and kNN of the digit's colour name, its place in the image and the background
+photo, learned vs random init), tabulated beside the digit; a finished run is then only evaluated again.
 Writes `experiments/results/photo_digits_table.md` (+ .json). A run whose workdir already holds a
 finished run is resumed, not retrained: its minutes are those its training invocation wrote to
 `<workdir>/minutes.json`, and where that is missing the run is left out of the minutes column (which says
@@ -169,8 +169,9 @@ def main(argv=None) -> None:
                   f"{100 * result['learned']['knn']:.2f}%", flush=True)
             rows[label].append({"seed": seed, "eval": result, "minutes": minutes, "steps_per_s": rate,
                                 "resumed": resumed})
-    for seed in args.seeds:
-        cached = pathlib.Path(args.workdir) / "raw_pixels" / f"seed{seed}.json"  # the same for every config
+    images = config.data.name.removesuffix("_captions").removesuffix("_digit")  # the images' dataset
+    for seed in args.seeds:  # the same images for every config of one recipe
+        cached = pathlib.Path(args.workdir) / "raw_pixels" / f"{images}_seed{seed}.json"
         if cached.exists():
             raw.append(json.loads(cached.read_text()))
         else:
@@ -181,7 +182,6 @@ def main(argv=None) -> None:
               f"kNN {100 * raw[-1]['knn']:.2f}%", flush=True)
 
     command = " ".join(["python experiments/photo_digits_table.py", *(argv if argv is not None else sys.argv[1:])])
-    images = config.data.name.removesuffix("_captions").removesuffix("_digit")  # the images' dataset
     table = summarise(rows, raw, args.seeds, command.strip(), images)
     out = ROOT / "experiments" / "results" / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
