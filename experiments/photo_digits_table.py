@@ -6,6 +6,7 @@
     python experiments/photo_digits_table.py --recipe large                # on photo_digits_large
     python experiments/photo_digits_table.py --configs clip --attributes   # + what the features kept
     python experiments/photo_digits_table.py --recipe large --attributes colour photo
+    python experiments/photo_digits_table.py --readme                      # the README's table, from results/
 
 For each config and seed: linear probe and kNN test accuracy of the learned features and of the same
 encoder at initialisation (same seed, no training; the image tower for clip), the training steps and the
@@ -39,6 +40,13 @@ from contrastive.train import config as config_lib  # noqa: E402
 from contrastive.train import evaluators  # noqa: E402
 from contrastive.train.runner import train_and_evaluate  # noqa: E402
 from experiments.method_table import steps_per_second  # noqa: E402
+from experiments.readme_block import update_readme_block  # noqa: E402
+
+RESULTS = ROOT / "experiments" / "results"
+# The saved results the README's table shows (`--readme`), in its row order.
+README_RESULTS = [f"photo_digits_table_{name}" for name in (
+    "simclr", "simclr_1200", "moco", "byol", "clip", "simclr_large", "simclr_large_800", "moco_large",
+    "moco_large_2000", "clip_large", "clip_large_2000", "byol_large_400")]
 
 # label -> (config spec, what it is)
 CONFIGS = {
@@ -78,6 +86,42 @@ def run_minutes(workdir: pathlib.Path, elapsed: float, resumed: bool) -> float |
     return json.loads(kept.read_text())["minutes"] if kept.exists() else None
 
 
+def run_cells(runs: list[dict]) -> list[str]:
+    """steps, linear probe, kNN (learned, then random init), minutes per run and steps/s of one config's runs.
+    The minutes average the runs that were timed (a run resumed from a workdir that kept none is not)."""
+    def get(rep, metric):
+        return stat([r["eval"][rep][metric] for r in runs])
+
+    timed = [r["minutes"] for r in runs if r["minutes"] is not None]
+    minutes = "-" if not timed else f"{np.mean(timed):.1f}" + (
+        f" ({len(timed)} of {len(runs)} runs timed)" if len(timed) < len(runs) else "")
+    return [f"{runs[0]['eval']['step']:,}", get("learned", "linear_probe"), get("learned", "knn"),
+            get("random_init", "linear_probe"), get("random_init", "knn"), minutes,
+            f"{np.mean([r['steps_per_s'] for r in runs]):.2f}"]
+
+
+def raw_cells(raw: list[dict]) -> list[str]:
+    """The same columns for the raw-pixel probes."""
+    return ["-", stat([r["linear_probe"] for r in raw]), stat([r["knn"] for r in raw]), "-", "-", "-", "-"]
+
+
+def readme_table(names: list[str]) -> str:
+    """The README's table: a row per config of each saved result (`experiments/results/<name>.json`, in the
+    order given) and, per dataset, the raw pixels of the first result on it."""
+    lines = ["| data | features | seeds | steps | linear probe | kNN | random init: linear probe | random init: kNN "
+             "| minutes per run | steps/s | results |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    raw_rows = {}
+    for name in names:
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        seeds = ", ".join(map(str, result["seeds"]))
+        for label, runs in result["runs"].items():
+            lines.append(f"| `{result['dataset']}` | {CONFIGS[label][1]} | {seeds} | " + " | ".join(run_cells(runs))
+                         + f" | `{name}` |")
+        raw_rows.setdefault(result["dataset"], f"| `{result['dataset']}` | raw pixels (3,072 values) | {seeds} | "
+                            + " | ".join(raw_cells(result["raw_pixels"])) + f" | `{name}` |")
+    return "\n".join([*lines, *raw_rows.values()]) + "\n"
+
+
 def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, dataset: str = "photo_digits") -> str:
     lines = [f"`{dataset}` (10,000 train / 2,000 test, 32x32 RGB, 10 balanced classes: chance 10%), "
              f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); test accuracy in %, mean ± sample std. "
@@ -85,19 +129,8 @@ def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, datas
              "| features | steps | linear probe | kNN | random init: linear probe | random init: kNN | minutes per run "
              "| steps/s |", "|---|---|---|---|---|---|---|---|"]
     for label, runs in rows.items():
-        def get(rep, metric, runs=runs):
-            return [r["eval"][rep][metric] for r in runs]
-
-        timed = [r["minutes"] for r in runs if r["minutes"] is not None]
-        minutes = "-" if not timed else f"{np.mean(timed):.1f}" + (
-            f" ({len(timed)} of {len(runs)} runs timed)" if len(timed) < len(runs) else "")
-        lines.append(f"| {label}: {CONFIGS[label][1]} | {runs[0]['eval']['step']} | "
-                     f"{stat(get('learned', 'linear_probe'))} "
-                     f"| {stat(get('learned', 'knn'))} | {stat(get('random_init', 'linear_probe'))} | "
-                     f"{stat(get('random_init', 'knn'))} | {minutes} | "
-                     f"{np.mean([r['steps_per_s'] for r in runs]):.2f} |")
-    lines.append(f"| raw pixels (3,072 values) | - | {stat([r['linear_probe'] for r in raw])} | "
-                 f"{stat([r['knn'] for r in raw])} | - | - | - | - |")
+        lines.append(f"| {label}: {CONFIGS[label][1]} | " + " | ".join(run_cells(runs)) + " |")
+    lines.append("| raw pixels (3,072 values) | " + " | ".join(raw_cells(raw)) + " |")
     shots = [f"{label} {stat([r['eval']['zero_shot'] for r in runs])}" for label, runs in rows.items()
              if "zero_shot" in runs[0]["eval"]]
     if shots:  # the image-text configs: the digit named by prompts alone (chance 10%)
@@ -142,7 +175,15 @@ def main(argv=None) -> None:
     parser.add_argument("--recipe", default=None, help="the configs' argument: the data recipe (`large`)")
     parser.add_argument("--attributes", nargs="*", default=None, metavar="NAME",
                         help="also probe the features for these attributes (none named: colour, place and photo)")
+    parser.add_argument("--readme", nargs="*", default=None, metavar="NAME",
+                        help="train nothing: write the README's table from these saved results (file names "
+                             "without suffix, in experiments/results; none named: README_RESULTS)")
     args, rest = parser.parse_known_args(argv)
+    if args.readme is not None:
+        table = readme_table(args.readme or README_RESULTS)
+        update_readme_block("photo-digits-table", table)
+        print(table)
+        return
     overrides = config_lib.parse_overrides(rest)
 
     def spec(label):
@@ -183,10 +224,11 @@ def main(argv=None) -> None:
 
     command = " ".join(["python experiments/photo_digits_table.py", *(argv if argv is not None else sys.argv[1:])])
     table = summarise(rows, raw, args.seeds, command.strip(), images)
-    out = ROOT / "experiments" / "results" / f"{args.out}.md"
+    out = RESULTS / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Photo digits: learned vs random init vs raw pixels\n\n{table}")
-    out.with_suffix(".json").write_text(json.dumps({"runs": rows, "raw_pixels": raw, "seeds": args.seeds}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"dataset": images, "command": command.strip(), "runs": rows,
+                                                    "raw_pixels": raw, "seeds": args.seeds}, indent=2))
     print(table)
 
 

@@ -55,3 +55,29 @@ def test_image_text_runs_add_their_zero_shot_accuracy():
 
 def test_one_seed_is_printed_without_a_spread():
     assert table.stat([0.5]) == "50.00" and table.stat([0.5, 0.7]) == "60.00 ± 14.14"
+
+
+def test_the_readme_table_has_a_row_per_config_and_one_raw_pixel_row_per_dataset(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(table, "RESULTS", tmp_path)
+    raw = [{"linear_probe": 0.26, "knn": 0.45}] * 2
+    for name, dataset, label in (("a", "photo_digits", "simclr"), ("b", "photo_digits", "moco"),
+                                 ("c", "photo_digits_large", "clip")):
+        runs = [_run(0, 0.3, 0.1, 0.9), _run(1, 0.4, 0.2, 0.8)]
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"dataset": dataset, "command": "cmd", "runs": {label: runs}, "raw_pixels": raw, "seeds": [0, 1]}))
+    lines = table.readme_table(["a", "b", "c"]).splitlines()
+    assert lines[2] == ("| `photo_digits` | SimCLR / NT-Xent | 0, 1 | 10 | 35.00 ± 7.07 | 15.00 ± 7.07 | 20.00 ± 0.00 "
+                        "| 10.00 ± 0.00 | 2.0 | 1.50 | `a` |")
+    assert lines[3].startswith("| `photo_digits` | MoCo v2") and lines[4].startswith("| `photo_digits_large` | CLIP")
+    assert lines[5:] == ["| `photo_digits` | raw pixels (3,072 values) | 0, 1 | - | 26.00 ± 0.00 | 45.00 ± 0.00 | - "
+                         "| - | - | - | `a` |",
+                         "| `photo_digits_large` | raw pixels (3,072 values) | 0, 1 | - | 26.00 ± 0.00 | 45.00 ± 0.00 "
+                         "| - | - | - | - | `c` |"]
+
+
+def test_the_readme_shows_the_table_of_the_saved_results():
+    readme = (table.ROOT / "README.md").read_text()
+    block = table.readme_table(table.README_RESULTS)
+    assert f"<!-- photo-digits-table:begin -->\n{block}<!-- photo-digits-table:end -->" in readme
