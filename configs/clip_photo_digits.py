@@ -10,7 +10,7 @@ configs/simclr_photo_digits.py, one view per image with the same crop and flip s
 jitter (the captions name the colour); text tower: the small transformer of `common.image_text_config`.
 Zero-shot prompts name only the digit. Not tuned: the learning rate and step count are the SimCLR
 config's, but 2,000 steps on `large`: SimCLR's 15 minutes on 2 cores at this step's rate (at 1,000 steps
-the image tower had learned the colour, not the digit; README).
+the image tower had learned the colour, not the digit; at 2,000 its linear probe is 85.7%, 3 seeds; README).
 """
 
 from configs import common

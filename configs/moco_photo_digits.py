@@ -7,7 +7,7 @@ Learning" (MoCo v2), 2020. Queries from the online network, keys from its EMA (c
 a run of a few epochs; the paper's 0.999 is for ImageNet epochs), InfoNCE at temperature 0.2 over a
 queue of 2,048 past keys plus the batch's keys. Encoder, data, augmentations and step count as
 configs/simclr_photo_digits.py, but 2,000 steps on `large`: SimCLR's 15 minutes on 2 cores at this step's
-rate (1,000 steps: 47.7% linear probe, 2,000: 60.6%, seed 0; README). Not tuned beyond these choices: the
+rate (3 seeds: 47.7% linear probe at 1,000 steps, 61.5% at 2,000; README). Not tuned beyond these choices: the
 learning rate is the SimCLR config's.
 """
 
