@@ -9,7 +9,8 @@ in the projector and predictor as in the paper; target momentum 0.99 -> 1 along 
 (400 on the default recipe) as configs/simclr_photo_digits.py; views: BYOL's recipe (`byol`: blur on
 view 1, solarisation on view 2) with the same three changes for this data (no flip, crops >= 30%, hue
 jitter 0.5); 800 steps on `large`: SimCLR's 15 minutes on 2 cores at this step's rate (0.7-0.9
-steps/s). The learning rate is the SimCLR config's; 1e-3 and 1e-2, and SimCLR's views, did no better at 400 steps on `large` (README).
+steps/s). The learning rate is the SimCLR config's; 1e-3 and 1e-2, and SimCLR's views, did no better
+at 400 steps on `large` (README).
 """
 
 import ml_collections
