@@ -122,7 +122,18 @@ def readme_table(names: list[str]) -> str:
     return "\n".join([*lines, *raw_rows.values()]) + "\n"
 
 
-def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, dataset: str = "photo_digits") -> str:
+def machine() -> str:
+    """What the runs ran on, for the minutes' footnote: `2-core CPU`, `1 x NVIDIA H200`."""
+    import os
+
+    import jax
+
+    device = jax.devices()[0]
+    return f"{os.cpu_count()}-core CPU" if device.platform == "cpu" else f"{jax.device_count()} x {device.device_kind}"
+
+
+def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, dataset: str = "photo_digits",
+              on: str = "a 2-core CPU shared with other jobs") -> str:
     lines = [f"`{dataset}` (10,000 train / 2,000 test, 32x32 RGB, 10 balanced classes: chance 10%), "
              f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); test accuracy in %, mean ± sample std. "
              "*random init*: the same encoder before training (same seed).", "",
@@ -140,7 +151,7 @@ def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, datas
         lines += ["", *attribute_table(rows)]
     lines += ["", f"kNN: k={first['knn_k']}, T={first['knn_temperature']}, cosine; linear probe: multinomial logistic "
               "regression with L2 chosen on a held-out fifth of train. Minutes: wall clock of training and "
-              "evaluation on a 2-core CPU shared with other jobs; read them as rough.", "",
+              f"evaluation on {on}; read them as rough.", "",
               f"Produced by `{command}`."]
     return "\n".join(lines) + "\n"
 
@@ -223,7 +234,7 @@ def main(argv=None) -> None:
               f"kNN {100 * raw[-1]['knn']:.2f}%", flush=True)
 
     command = " ".join(["python experiments/photo_digits_table.py", *(argv if argv is not None else sys.argv[1:])])
-    table = summarise(rows, raw, args.seeds, command.strip(), images)
+    table = summarise(rows, raw, args.seeds, command.strip(), images, on=machine())
     out = RESULTS / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Photo digits: learned vs random init vs raw pixels\n\n{table}")

@@ -53,6 +53,13 @@ def test_image_text_runs_add_their_zero_shot_accuracy():
     assert "Zero-shot top-1, test %: clip 70.00 ± 14.14." in text
 
 
+def test_the_minutes_name_the_machine_they_were_measured_on():
+    runs = [_run(0, 0.3, 0.1, 0.9)]
+    raw = [{"linear_probe": 0.26, "knn": 0.45}]
+    assert "evaluation on 1 x NVIDIA H200; read" in table.summarise({"moco": runs}, raw, [0], "cmd", on="1 x NVIDIA H200")
+    assert table.machine().endswith("-core CPU")  # the tests run on CPU devices
+
+
 def test_one_seed_is_printed_without_a_spread():
     assert table.stat([0.5]) == "50.00" and table.stat([0.5, 0.7]) == "60.00 ± 14.14"
 
