@@ -56,7 +56,8 @@ def test_image_text_runs_add_their_zero_shot_accuracy():
 def test_the_minutes_name_the_machine_they_were_measured_on():
     runs = [_run(0, 0.3, 0.1, 0.9)]
     raw = [{"linear_probe": 0.26, "knn": 0.45}]
-    assert "evaluation on 1 x NVIDIA H200; read" in table.summarise({"moco": runs}, raw, [0], "cmd", on="1 x NVIDIA H200")
+    text = table.summarise({"moco": runs}, raw, [0], "cmd", on="1 x NVIDIA H200")
+    assert "evaluation on 1 x NVIDIA H200; read" in text
     assert table.machine().endswith("-core CPU")  # the tests run on CPU devices
 
 
