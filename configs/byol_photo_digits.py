@@ -10,7 +10,10 @@ in the projector and predictor as in the paper; target momentum 0.99 -> 1 along 
 view 1, solarisation on view 2) with the same three changes for this data (no flip, crops >= 30%, hue
 jitter 0.5); 800 steps on `large`: SimCLR's 15 minutes on 2 cores at this step's rate (0.7-0.9
 steps/s). The learning rate is the SimCLR config's; 1e-3 and 1e-2, and SimCLR's views, did no better
-at 400 steps on `large` (README).
+at 400 steps on `large`; momentum from 0.9, a constant 0.99 and 1,024-wide heads each gained 4.5-6
+points there, but the best two together matched this config at 800 steps (39.70 against 39.45, seed 0).
+On `large` it reaches 37.8 ± 2.4% linear probe at 800 steps (3 seeds) and 42.9% at 2,000 (seed 0), far
+below SimCLR (README).
 """
 
 import ml_collections

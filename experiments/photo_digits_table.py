@@ -46,7 +46,7 @@ RESULTS = ROOT / "experiments" / "results"
 # The saved results the README's table shows (`--readme`), in its row order.
 README_RESULTS = [f"photo_digits_table_{name}" for name in (
     "simclr", "simclr_1200", "moco", "byol", "clip", "simclr_large", "simclr_large_800", "moco_large",
-    "moco_large_2000", "clip_large", "clip_large_2000", "byol_large_400", "byol_large_800")]
+    "moco_large_2000", "clip_large", "clip_large_2000", "byol_large_400", "byol_large_800", "byol_large_2000")]
 
 # label -> (config spec, what it is)
 CONFIGS = {
