@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
 
+import jax
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -124,10 +126,6 @@ def readme_table(names: list[str]) -> str:
 
 def machine() -> str:
     """What the runs ran on, for the minutes' footnote: `2-core CPU`, `1 x NVIDIA H200`."""
-    import os
-
-    import jax
-
     device = jax.devices()[0]
     return f"{os.cpu_count()}-core CPU" if device.platform == "cpu" else f"{jax.device_count()} x {device.device_kind}"
 
