@@ -131,7 +131,8 @@ def machine() -> str:
 
 
 def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, dataset: str = "photo_digits",
-              on: str = "a 2-core CPU shared with other jobs") -> str:
+              on: str | None = None) -> str:
+    """The results file's text; `on`: the machine the minutes were measured on (default: this one)."""
     lines = [f"`{dataset}` (10,000 train / 2,000 test, 32x32 RGB, 10 balanced classes: chance 10%), "
              f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); test accuracy in %, mean ± sample std. "
              "*random init*: the same encoder before training (same seed).", "",
@@ -149,7 +150,7 @@ def summarise(rows: dict, raw: list[dict], seeds: list[int], command: str, datas
         lines += ["", *attribute_table(rows)]
     lines += ["", f"kNN: k={first['knn_k']}, T={first['knn_temperature']}, cosine; linear probe: multinomial logistic "
               "regression with L2 chosen on a held-out fifth of train. Minutes: wall clock of training and "
-              f"evaluation on {on}; read them as rough.", "",
+              f"evaluation on {on or machine()}; read them as rough.", "",
               f"Produced by `{command}`."]
     return "\n".join(lines) + "\n"
 
@@ -232,7 +233,7 @@ def main(argv=None) -> None:
               f"kNN {100 * raw[-1]['knn']:.2f}%", flush=True)
 
     command = " ".join(["python experiments/photo_digits_table.py", *(argv if argv is not None else sys.argv[1:])])
-    table = summarise(rows, raw, args.seeds, command.strip(), images, on=machine())
+    table = summarise(rows, raw, args.seeds, command.strip(), images)
     out = RESULTS / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Photo digits: learned vs random init vs raw pixels\n\n{table}")
