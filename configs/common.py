@@ -79,6 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     # the global batch (synchronised across devices), as BYOL/SimSiam/W-MSE use in their heads.
     c.model.head_norm = "layer"
     c.model.predictor_hidden = ()  # hidden widths of the predictor MLP (BYOL, SimSiam); () = no predictor
+    # View-based methods: False runs the networks once on all views (BatchNorm statistics pool the views,
+    # as SimCLR's reference code); True once per view (each view normalised on its own, as BYOL's reference
+    # code and solo-learn). Same parameters, same count of examples; only the batch statistics differ.
+    c.model.batch_norm_per_view = False
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "nt_xent"

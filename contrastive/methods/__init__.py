@@ -6,7 +6,16 @@
 
 from __future__ import annotations
 
-from contrastive.methods.base import Context, Method, Needs, flatten_views, per_view, read_rows, write_rows
+from contrastive.methods.base import (
+    Context,
+    Method,
+    Needs,
+    encode_views,
+    flatten_views,
+    per_view,
+    read_rows,
+    write_rows,
+)
 
 REGISTRY: dict[str, Method] = {}
 
@@ -31,5 +40,5 @@ for _method in (contrastive.NT_XENT, contrastive.DCL, contrastive.SUPCON, bootst
                 wmse.WMSE_METHOD, moco.MOCO):
     register(_method)
 
-__all__ = ["REGISTRY", "Context", "Method", "Needs", "flatten_views", "get", "per_view", "read_rows", "register",
-           "write_rows"]
+__all__ = ["REGISTRY", "Context", "Method", "Needs", "encode_views", "flatten_views", "get", "per_view", "read_rows",
+           "register", "write_rows"]

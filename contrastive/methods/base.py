@@ -80,6 +80,18 @@ def per_view(z: jax.Array, batch: int) -> jax.Array:
     return z.reshape(batch, -1, z.shape[-1])
 
 
+def encode_views(fn, x: jax.Array, config) -> jax.Array:
+    """`fn` (the online or target network, or the predictor) on every view of `x` [B, V, ...] -> [B, V, D].
+
+    By default one call on all B * V rows, so a BatchNorm layer's statistics pool every view (SimCLR's
+    reference code). With `config.model.batch_norm_per_view`, one call per view, so each view's batch is
+    normalised on its own, as the BYOL reference code and solo-learn forward the views.
+    """
+    if config.model.get("batch_norm_per_view", False):
+        return jnp.stack([fn(x[:, v]) for v in range(x.shape[1])], axis=1)
+    return per_view(fn(flatten_views(x)), x.shape[0])
+
+
 def _merged_settings(defaults: dict, given, prefix: str, method: str) -> dict:
     if given is not None and not hasattr(given, "keys"):
         raise ConfigError(f"config.{prefix.rstrip('.')}={given!r} must be a group of settings: "

@@ -13,7 +13,7 @@ this batch before W is formed; W gets no gradient, and F is the method's state.
 from __future__ import annotations
 
 from contrastive import checks, losses
-from contrastive.methods.base import ROWS, Method, Needs, flatten_views, per_view
+from contrastive.methods.base import ROWS, Method, Needs, encode_views, flatten_views
 from contrastive.models import directpred
 from contrastive.train.config import ConfigError
 
@@ -47,17 +47,17 @@ class BootstrapMethod(Method):
     def forward(self, ctx, model, target, state, views, batch, key):
         loss = ctx.loss
         apply = ctx.on_mesh(lambda p, t: loss(p[:, 0], p[:, 1], t[:, 0], t[:, 1], axis_name="data"), ROWS, ROWS)
-        size, x = views.shape[0], flatten_views(views)
-        z = model(x)
+        z = encode_views(model, views, ctx.config)  # [B, V, D]
         out = {}
         dp = self.settings(ctx.config)["directpred"]
         if dp["enabled"]:
-            out["correlation"] = directpred.update_correlation(state["correlation"], z, rho=dp["rho"])
+            out["correlation"] = directpred.update_correlation(state["correlation"], flatten_views(z), rho=dp["rho"])
             p = z @ directpred.predictor_weights(out["correlation"], eps=dp["eps"])
         else:
-            p = model.predict(z)
-        t = target(x) if target is not None else z  # SimSiam: the loss stops the gradient into z
-        return (*apply(per_view(p, size), per_view(t, size)), out)
+            p = encode_views(model.predict, z, ctx.config)
+        # SimSiam: the loss stops the gradient into z
+        t = encode_views(target, views, ctx.config) if target is not None else z
+        return (*apply(p, t), out)
 
     def update_state(self, ctx, state, out, params, step):
         state, metrics = super().update_state(ctx, state, out, params, step)

@@ -14,7 +14,7 @@ state beyond the parameters; GradCache applies (the loss sees only the projectio
 from __future__ import annotations
 
 from contrastive import losses
-from contrastive.methods.base import ROWS, Method, Needs, flatten_views, per_view
+from contrastive.methods.base import ROWS, Method, Needs, encode_views
 
 
 class ContrastiveMethod(Method):
@@ -34,7 +34,7 @@ class ContrastiveMethod(Method):
     def forward(self, ctx, model, target, state, views, batch, key):
         objective = self.objective(ctx)
         apply = ctx.on_mesh(lambda z, labels: objective(z, labels, axis_name="data"), ROWS, ROWS)
-        return (*apply(per_view(model(flatten_views(views)), views.shape[0]), batch["label"]), {})
+        return (*apply(encode_views(model, views, ctx.config), batch["label"]), {})
 
 
 NT_XENT = ContrastiveMethod("nt_xent", "SimCLR / NT-Xent", losses.nt_xent, with_labels=False)

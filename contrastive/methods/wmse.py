@@ -10,7 +10,7 @@ import inspect
 
 from contrastive import losses
 from contrastive.losses.wmse import check_grouping
-from contrastive.methods.base import ROWS, SAME, Method, Needs, flatten_views, per_view
+from contrastive.methods.base import ROWS, SAME, Method, Needs, encode_views
 from contrastive.train.config import ConfigError
 
 
@@ -36,7 +36,7 @@ class WMSE(Method):
     def forward(self, ctx, model, target, state, views, batch, key):
         loss = ctx.loss
         apply = ctx.on_mesh(lambda z, k: loss(z, key=k, axis_name="data"), ROWS, SAME)
-        return (*apply(per_view(model(flatten_views(views)), views.shape[0]), key), {})
+        return (*apply(encode_views(model, views, ctx.config), key), {})
 
 
 WMSE_METHOD = WMSE()

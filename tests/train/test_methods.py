@@ -31,6 +31,8 @@ METHOD_CONFIGS = {
                                                        "loss.ft_extrapolation_alpha": 2.0,
                                                        "loss.ft_interpolation_alpha": 2.0}),
     "directpred": ("configs/directpred_digits.py", {}),
+    "byol_bn_per_view": ("configs/byol_digits.py", {"model.predictor_hidden": (16,),
+                                                    "model.batch_norm_per_view": True}),
 }
 
 
@@ -82,6 +84,33 @@ def test_target_branch_gets_exactly_zero_gradient(tiny_config, name):
     online_grad, target_grad = jax.grad(value, argnums=(0, 1))(state.params, state.method_state["target"])
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(target_grad))
     assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(online_grad))
+
+
+@pytest.mark.parametrize("per_view", [False, True])
+def test_batch_norm_statistics_pool_the_views_or_are_taken_per_view(tiny_config, per_view):
+    """BYOL's loss by hand: the online network, the predictor and the target each run once on all views
+    (BatchNorm statistics over both views) or, with model.batch_norm_per_view, once per view."""
+    config = method_config(tiny_config, "byol", **{"model.batch_norm_per_view": per_view})
+    graphdef, state, _, batch, method, ctx, _ = built(config)
+    views = views_of(config, state, batch)
+    merge = lambda params: nnx.merge(graphdef, params, state.model_state, copy=True)
+    model, target = merge(state.params), merge(state.method_state["target"])
+    got = method.forward(ctx, model, target, state.method_state, views, {}, jax.random.PRNGKey(0))[0]
+
+    def run(fn, x):  # [B, V, ...] -> [B, V, D]
+        if per_view:
+            return jnp.stack([fn(x[:, 0]), fn(x[:, 1])], axis=1)
+        return fn(x.reshape(-1, *x.shape[2:])).reshape(x.shape[0], 2, -1)
+
+    p, t = run(model.predict, run(model, views)), run(target, views)
+    unit = lambda a: a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+    cos = (unit(p[:, 0]) * unit(t[:, 1])).sum(-1) + (unit(p[:, 1]) * unit(t[:, 0])).sum(-1)
+    np.testing.assert_allclose(got, 4.0 - 2.0 * cos.mean(), rtol=1e-5)
+    pooled = config.copy_and_resolve_references()
+    pooled.model.batch_norm_per_view = not per_view  # the other choice gives another loss: the flag acts
+    other = Context(config=pooled, mesh=ctx.mesh, loss=ctx.loss)
+    assert abs(float(method.forward(other, model, target, state.method_state, views, {},
+                                    jax.random.PRNGKey(0))[0]) - float(got)) > 1e-4
 
 
 def test_ema_target_follows_the_online_network(tiny_config):
