@@ -66,7 +66,7 @@ class HeldLock:
         except BaseException:
             os.close(fd)
             raise
-        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since}).encode())
         os.fsync(fd)

@@ -66,8 +66,8 @@ def main(argv=None) -> None:
     for recipe in ("simclr", "byol"):
         for batch, side in shapes:
             r = measure(recipe, batch, side, args.num_views, args.warmup, repeats)
-            line = (f"| {recipe} | {batch} | {side}x{side}x3 | {r['ms']:.1f} | {r['spread'][0]:.1f}..{r['spread'][1]:.1f}"
-                    f" | {r['images_s']:.0f} | {r['compile_s']:.1f} |")
+            line = (f"| {recipe} | {batch} | {side}x{side}x3 | {r['ms']:.1f} | "
+                    f"{r['spread'][0]:.1f}..{r['spread'][1]:.1f} | {r['images_s']:.0f} | {r['compile_s']:.1f} |")
             lines.append(line)
             print(line, flush=True)
     command = "python experiments/augment_throughput.py" + (" --quick" if args.quick else "")

@@ -37,8 +37,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import pathlib
+import re
 import subprocess
 import sys
 import time

@@ -121,7 +121,7 @@ def breakdown(config, *, rounds: int = 5) -> dict:
     state = jax.device_put(built.state, state_shardings(built.state, mesh))
     fixed = jax.tree.map(lambda x: jnp.array(x, copy=True), state)  # for the parts: the step donates `state`
     graphdef, pixel_max, augment = built.graphdef, pipeline.max_pixel_value(config.data.name), setup.augment
-    rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    rows = NamedSharding(mesh, P("data"))
     batch = batches.to_global(batches.local_batch(0))
     batch_size = config.batch_size
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -285,7 +286,7 @@ def _color_jitter(keys, x, cfg: AugmentConfig):
     order = jax.random.permutation(k_order, len(names))
     y = x
     for position in range(len(names)):
-        def param(name, identity):  # this position's op's draw, or the identity
+        def param(name, identity, position=position):  # this position's op's draw, or the identity
             return jnp.where(order[position] == names.index(name), drawn[name], identity) if name in names else None
 
         delta, contrast = param("brightness", 0.0), param("contrast", 1.0)
@@ -450,7 +451,7 @@ def augment_views(key: jax.Array, images: jax.Array, example_ids: jax.Array,
         out = {}
         for (ops, view_cfg), views in groups.items():
             view_keys = jax.vmap(lambda v: jax.random.fold_in(example_key, v))(jnp.array(views))
-            group = jax.vmap(lambda k: augment_image(k, image, view_cfg, ops))(view_keys)
+            group = jax.vmap(functools.partial(augment_image, image=image, cfg=view_cfg, ops=ops))(view_keys)
             if len(groups) == 1:
                 return group
             out.update({v: group[i] for i, v in enumerate(views)})

@@ -100,10 +100,12 @@ def test_color_jitter_applies_the_four_adjustments_in_its_drawn_order():
         k_apply, k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 6)
         order = [int(i) for i in jax.random.permutation(k_order, 4)]
         orders.add(tuple(order))
-        steps = [lambda x: dm_pix.adjust_brightness(x, jax.random.uniform(k_b, (), minval=-0.8, maxval=0.8)),
-                 lambda x: dm_pix.adjust_contrast(x, jax.random.uniform(k_c, (), minval=0.2, maxval=1.8)),
-                 lambda x: dm_pix.adjust_saturation(x, jax.random.uniform(k_s, (), minval=0.2, maxval=1.8)),
-                 lambda x: dm_pix.adjust_hue(x, jax.random.uniform(k_h, (), minval=-0.2, maxval=0.2))]
+        draws = [jax.random.uniform(k_b, (), minval=-0.8, maxval=0.8),
+                 jax.random.uniform(k_c, (), minval=0.2, maxval=1.8),
+                 jax.random.uniform(k_s, (), minval=0.2, maxval=1.8),
+                 jax.random.uniform(k_h, (), minval=-0.2, maxval=0.2)]
+        ops = [dm_pix.adjust_brightness, dm_pix.adjust_contrast, dm_pix.adjust_saturation, dm_pix.adjust_hue]
+        steps = [lambda x, op=op, d=d: op(x, d) for op, d in zip(ops, draws)]
         expected = functools.reduce(lambda y, i: jnp.clip(steps[i](y), 0.0, 1.0), order, RGB[0])
         out = jitter(key, RGB[0])
         np.testing.assert_allclose(out, expected, atol=1e-5)

@@ -4,7 +4,6 @@ time, and the parts run inside the step account for it."""
 import pytest
 
 from experiments import step_breakdown as sb
-from tests.train.conftest import tiny_config  # noqa: F401 - the fixture
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The published-recipe configs (CIFAR-10 ResNet-18 SimCLR/BYOL, ImageNet ResNet-50 SimCLR, COCO ViT-B/16
-CLIP) pass every check the runner makes before reading data, and scale their learning rate and schedule with batch and epochs."""
+CLIP) pass every check the runner makes before reading data, and scale their learning rate and schedule
+with batch and epochs."""
 
 import numpy as np
 import pytest
