@@ -47,8 +47,11 @@ from experiments.readme_block import update_readme_block  # noqa: E402
 RESULTS = ROOT / "experiments" / "results"
 # The saved results the README's table shows (`--readme`), in its row order.
 README_RESULTS = [f"photo_digits_table_{name}" for name in (
-    "simclr", "simclr_1200", "moco", "byol", "clip", "simclr_large", "simclr_large_800", "moco_large",
-    "moco_large_2000", "clip_large", "clip_large_2000", "byol_large_400", "byol_large_800", "byol_large_2000")]
+    "simclr", "simclr_1200", "moco", "byol", "clip", "simclr_large", "simclr_large_t01", "simclr_large_800",
+    "moco_large", "moco_large_2000", "clip_large", "clip_large_2000", "byol_large_400", "byol_large_800",
+    "byol_large_2000")]
+# The README rows of results that changed a setting of their config other than the steps: what changed.
+README_CHANGES = {"photo_digits_table_simclr_large_t01": "temperature 0.1 (config: 0.2)"}
 
 # label -> (config spec, what it is)
 CONFIGS = {
@@ -117,7 +120,8 @@ def readme_table(names: list[str]) -> str:
         result = json.loads((RESULTS / f"{name}.json").read_text())
         seeds = ", ".join(map(str, result["seeds"]))
         for label, runs in result["runs"].items():
-            lines.append(f"| `{result['dataset']}` | {CONFIGS[label][1]} | {seeds} | " + " | ".join(run_cells(runs))
+            what = CONFIGS[label][1] + (f", {README_CHANGES[name]}" if name in README_CHANGES else "")
+            lines.append(f"| `{result['dataset']}` | {what} | {seeds} | " + " | ".join(run_cells(runs))
                          + f" | `{name}` |")
         raw_rows.setdefault(result["dataset"], f"| `{result['dataset']}` | raw pixels (3,072 values) | {seeds} | "
                             + " | ".join(raw_cells(result["raw_pixels"])) + f" | `{name}` |")
