@@ -70,6 +70,7 @@ BAD = {
     "model.projection_dim": (DEFAULT, ["0", "-4", "'x'"]),
     "model.head_norm": (DEFAULT, ["group", "3"]),
     "model.predictor_hidden": (DEFAULT, ["(16,)", "'x'"]),
+    "model.batch_norm_per_view": (DEFAULT, ["'yes'", "1"]),
     "loss.name": (DEFAULT, ["no_such_loss", "3"]),
     "loss.temperature": (DEFAULT, ["0.0", "-0.1", "'x'"]),
     "method.ema.momentum": ("configs/byol_digits.py", ["1.5", "-0.1", "'x'"]),
