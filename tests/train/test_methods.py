@@ -106,9 +106,9 @@ def test_batch_norm_statistics_pool_the_views_or_are_taken_per_view(tiny_config,
     unit = lambda a: a / jnp.linalg.norm(a, axis=-1, keepdims=True)
     cos = (unit(p[:, 0]) * unit(t[:, 1])).sum(-1) + (unit(p[:, 1]) * unit(t[:, 0])).sum(-1)
     np.testing.assert_allclose(got, 4.0 - 2.0 * cos.mean(), rtol=1e-5)
-    pooled = config.copy_and_resolve_references()
-    pooled.model.batch_norm_per_view = not per_view  # the other choice gives another loss: the flag acts
-    other = Context(config=pooled, mesh=ctx.mesh, loss=ctx.loss)
+    flipped = config.copy_and_resolve_references()
+    flipped.model.batch_norm_per_view = not per_view  # the other choice gives another loss: the flag acts
+    other = Context(config=flipped, mesh=ctx.mesh, loss=ctx.loss)
     assert abs(float(method.forward(other, model, target, state.method_state, views, {},
                                     jax.random.PRNGKey(0))[0]) - float(got)) > 1e-4
 
